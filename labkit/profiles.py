@@ -1,0 +1,82 @@
+"""Profiles: how much work each notebook does on this hardware.
+
+One place decides steps, batch size, sequence length and evaluation sizes:
+
+- ``smoke``: the test suite; seconds per notebook section.
+- ``cpu``:   a 2-core laptop; every notebook within 5 minutes.
+- ``gpu``:   Colab's T4 (16 GB) and up; fp16 on a T4, bf16 where the GPU supports it.
+
+The profile is chosen automatically (a CUDA GPU gives ``gpu``, otherwise ``cpu``) and can be
+overridden with the environment variable ``LABKIT_PROFILE`` or per call: ``profile("smoke")``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+
+PROFILE_NAMES = ("smoke", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    train_steps: int      # optimizer steps for a typical short fine-tune in a notebook
+    batch_size: int       # sequences per step
+    max_length: int       # tokens per sequence
+    eval_items: int       # items scored before/after (probes, held-out prompts)
+    eval_every: int       # evaluate on the validation split every N steps
+    max_new_tokens: int   # tokens generated per answer
+    mixed_precision: str  # "no", "bf16" or "fp16": autocast during training
+
+    def pick(self, **per_profile):
+        """Choose a notebook-specific value: ``P.pick(smoke=2, cpu=30, gpu=200)``."""
+        if self.name not in per_profile:
+            raise ValueError(f"pick() needs a value for profile {self.name!r}; got {sorted(per_profile)}")
+        return per_profile[self.name]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_PROFILES = {
+    "smoke": Profile("smoke", train_steps=2, batch_size=2, max_length=64, eval_items=4,
+                     eval_every=1, max_new_tokens=8, mixed_precision="no"),
+    "cpu": Profile("cpu", train_steps=30, batch_size=8, max_length=128, eval_items=40,
+                   eval_every=10, max_new_tokens=40, mixed_precision="no"),
+    "gpu": Profile("gpu", train_steps=300, batch_size=16, max_length=256, eval_items=200,
+                   eval_every=50, max_new_tokens=80, mixed_precision="bf16"),
+}
+
+
+def _gpu_mixed_precision() -> str:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp16"  # a T4 has no bf16
+
+
+def default_profile_name() -> str:
+    """The profile for this machine: ``LABKIT_PROFILE`` if set, else ``gpu`` with CUDA, else ``cpu``."""
+    name = os.environ.get("LABKIT_PROFILE", "").strip().lower()
+    if name:
+        if name not in PROFILE_NAMES:
+            raise ValueError(f"LABKIT_PROFILE={name!r} is not a profile; choose one of {PROFILE_NAMES}")
+        return name
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def profile(name: str | None = None, **overrides) -> Profile:
+    """The active profile, or the one named; keyword overrides change single fields."""
+    name = (name or default_profile_name()).lower()
+    if name not in _PROFILES:
+        raise ValueError(f"profile={name!r} is not a profile; choose one of {PROFILE_NAMES}")
+    p = _PROFILES[name]
+    if name == "gpu":
+        p = replace(p, mixed_precision=_gpu_mixed_precision())
+    unknown = set(overrides) - set(p.to_dict())
+    if unknown:
+        raise ValueError(f"unknown profile field(s) {sorted(unknown)}; fields are {sorted(p.to_dict())}")
+    return replace(p, **overrides)

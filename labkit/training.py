@@ -1,0 +1,436 @@
+"""Train: a thin layer over TRL's ``SFTTrainer`` and PEFT's configs.
+
+    result = train(model, tok, data, TrainConfig(method="lora", learning_rate=2e-4))
+    result.history.to_frame()      # per-step loss, learning rate, gradient norm, tokens/s, memory
+    result.model                   # the trained model (a PeftModel for LoRA/DoRA/QLoRA)
+
+``train`` changes the model you pass (full fine-tuning updates its weights; LoRA adds adapters to
+it). Loading a fresh copy takes well under a second, so keep one if you want a "before".
+
+Guards: bad hyperparameters raise ``ValueError`` naming the parameter before any work; a
+non-finite loss stops training before its update is applied (the weights stay finite) and the
+history says at which step; Ctrl-C / "interrupt kernel" returns the history so far with the model
+usable.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .memory import PeakMemory
+from .profiles import profile as get_profile
+from .reproducibility import set_seed
+
+METHODS = ("full", "lora", "dora", "qlora")
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """One experiment's settings. JSON-serialisable; ``None`` means "take it from the profile"."""
+    method: str = "lora"
+    learning_rate: float = 2e-4
+    steps: int | None = None
+    batch_size: int | None = None
+    max_length: int | None = None
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: str | list = "all-linear"
+    eval_every: int | None = None
+    early_stopping_patience: int | None = None
+    mixed_precision: str | None = None
+    seed: int = 0
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` naming the first bad parameter."""
+        def bad(name, why):
+            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
+        if self.method not in METHODS:
+            bad("method", f"choose one of {METHODS}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            bad("learning_rate", "must be a positive number")
+        for name in ("steps", "batch_size", "max_length", "eval_every", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                bad(name, "must be a whole number of at least 1")
+        if self.max_length is not None and self.max_length < 8:
+            bad("max_length", "must be at least 8 tokens")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"choose one of {SCHEDULES}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            bad("warmup_steps", "must be a whole number >= 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            bad("max_grad_norm", "must be > 0 (or None for no clipping)")
+        if self.method != "full":
+            if not isinstance(self.lora_r, int) or self.lora_r < 1:
+                bad("lora_r", "the LoRA rank must be a whole number of at least 1")
+            if self.lora_alpha <= 0:
+                bad("lora_alpha", "must be > 0")
+            if not 0 <= self.lora_dropout < 1:
+                bad("lora_dropout", "must be in [0, 1)")
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
+            bad("mixed_precision", "choose None (from the profile), 'no', 'bf16' or 'fp16'")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            bad("seed", "must be a non-negative whole number")
+        return self
+
+    def resolved(self, profile=None) -> "TrainConfig":
+        """A copy with every ``None`` filled in from the profile."""
+        p = profile or get_profile()
+        values = asdict(self)
+        for name, from_profile in (("steps", p.train_steps), ("batch_size", p.batch_size),
+                                   ("max_length", p.max_length), ("mixed_precision", p.mixed_precision)):
+            if values[name] is None:
+                values[name] = from_profile
+        return TrainConfig(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {sorted(unknown)}")
+        return cls(**values)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class History:
+    """What happened during training, one row per optimizer step."""
+    rows: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    stopped: str = "finished"
+    wall_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.rows]
+
+    @property
+    def eval_losses(self) -> list[float]:
+        return [e["eval_loss"] for e in self.evals]
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def summary(self) -> dict:
+        tps = [r["tokens_per_s"] for r in self.rows if r.get("tokens_per_s")]
+        return {
+            "steps": len(self.rows),
+            "first_loss": self.rows[0]["loss"] if self.rows else None,
+            "last_loss": self.rows[-1]["loss"] if self.rows else None,
+            "last_eval_loss": self.evals[-1]["eval_loss"] if self.evals else None,
+            "tokens_per_s": sum(tps) / len(tps) if tps else None,
+            "wall_s": round(self.wall_s, 2),
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
+            "stopped": self.stopped,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: object
+    history: History
+    config: TrainConfig
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} at step {step}; training stopped before applying "
+                         "that update (the weights are those of the step before)")
+        self.step, self.value = step, value
+
+
+# --- PEFT -------------------------------------------------------------------------------------
+
+def lora_config(cfg: TrainConfig, task_type: str = "CAUSAL_LM"):
+    """The PEFT ``LoraConfig`` for a LoRA, DoRA or QLoRA run."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, use_dora=cfg.method == "dora",
+                      bias="none", task_type=task_type)
+
+
+def is_4bit(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False)) or any(
+        type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
+def prepare_model(model, cfg: TrainConfig):
+    """Full fine-tuning trains every weight; LoRA/DoRA/QLoRA freeze them and add adapters."""
+    if cfg.method == "full":
+        if is_4bit(model):
+            raise ValueError("method='full' cannot train 4-bit weights; use method='qlora'")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        if not is_4bit(model):
+            raise ValueError("method='qlora' needs a 4-bit model: load_model(quantization='4bit')")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    elif is_4bit(model):
+        raise ValueError(f"method={cfg.method!r} on a 4-bit model is QLoRA: use method='qlora'")
+    if isinstance(model, PeftModel):
+        raise ValueError("this model already has adapters; load a fresh model to add new ones")
+    return get_peft_model(model, lora_config(cfg))
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def as_trl_dataset(dataset):
+    """Keep only the columns TRL needs. Chat records become prompt/completion pairs, so that the
+    loss is computed on the assistant's reply only (completion-only loss)."""
+    from datasets import Dataset
+
+    if isinstance(dataset, list):
+        dataset = Dataset.from_list(dataset)
+    cols = set(dataset.column_names)
+    if "messages" in cols:
+        return dataset.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
+                           remove_columns=dataset.column_names)
+    for needed in (("prompt", "completion"), ("text",)):
+        if set(needed) <= cols:
+            return dataset.select_columns(list(needed))
+    raise ValueError(f"training data needs 'text', 'messages' or 'prompt'+'completion' columns; "
+                     f"got {sorted(cols)}")
+
+
+# --- callbacks --------------------------------------------------------------------------------
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except Exception:
+        return False
+
+
+class HistoryCallback(TrainerCallback):
+    """Collects one row per step: loss, learning rate, gradient norm, tokens/s, memory."""
+
+    def __init__(self, history: History, memory: PeakMemory, patience: int | None = None,
+                 on_row=None):
+        self.history, self.memory, self.patience, self.on_row = history, memory, patience, on_row
+        self._t0 = self._step_start = time.perf_counter()
+        self._tokens_at_step_start = 0
+        self._best, self._bad_evals = math.inf, 0
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._step_start = time.perf_counter()
+        self._tokens_at_step_start = state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if "loss" in logs:
+            elapsed = time.perf_counter() - self._step_start
+            tokens = state.num_input_tokens_seen - self._tokens_at_step_start
+            row = {"step": state.global_step, "loss": float(logs["loss"]),
+                   "learning_rate": float(logs.get("learning_rate", float("nan"))),
+                   "grad_norm": float(logs.get("grad_norm", float("nan"))),
+                   "tokens": int(tokens), "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
+                   "elapsed_s": time.perf_counter() - self._t0,
+                   "peak_memory_mb": self.memory.read()}
+            self.history.rows.append(row)
+            if self.on_row:
+                self.on_row(row, None)
+        if "eval_loss" in logs:
+            ev = {"step": state.global_step, "eval_loss": float(logs["eval_loss"])}
+            self.history.evals.append(ev)
+            if self.on_row:
+                self.on_row(None, ev)
+            if self.patience:
+                if ev["eval_loss"] < self._best - 1e-4:
+                    self._best, self._bad_evals = ev["eval_loss"], 0
+                else:
+                    self._bad_evals += 1
+                    if self._bad_evals >= self.patience:
+                        self.history.stopped = (f"early stopping at step {state.global_step}: "
+                                                f"validation loss did not improve for {self.patience} evaluations")
+                        control.should_training_stop = True
+
+
+class ProgressCallback(TrainerCallback):
+    """A ``tqdm.auto`` bar: a widget in a notebook, a text bar in a script."""
+
+    def __init__(self, total: int, label: str = "training"):
+        self.total, self.label, self.bar = total, label, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.label, unit="step")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.update(state.global_step - self.bar.n)
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class LiveLossPlot:
+    """A plotly ``FigureWidget`` that draws the loss as training goes (notebooks only)."""
+
+    def __init__(self, title: str = "Training loss", name: str = "train loss", color: str | None = None,
+                 figure=None):
+        import plotly.graph_objects as go
+
+        self.figure = figure or go.FigureWidget(layout=dict(
+            title=title, xaxis_title="optimizer step", yaxis_title="loss (cross-entropy, nats/token)",
+            height=320, margin=dict(l=60, r=20, t=50, b=40)))
+        self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name, line=dict(color=color))
+        self.train_trace = self.figure.data[-1]
+        self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=f"{name} (validation)",
+                                line=dict(color=color, dash="dash"))
+        self.eval_trace = self.figure.data[-1]
+
+    def __call__(self, row, ev):
+        with self.figure.batch_update():
+            if row is not None and math.isfinite(row["loss"]):
+                self.train_trace.x = tuple(self.train_trace.x) + (row["step"],)
+                self.train_trace.y = tuple(self.train_trace.y) + (row["loss"],)
+            if ev is not None:
+                self.eval_trace.x = tuple(self.eval_trace.x) + (ev["step"],)
+                self.eval_trace.y = tuple(self.eval_trace.y) + (ev["eval_loss"],)
+
+
+# --- the trainer ------------------------------------------------------------------------------
+
+def _guarded_trainer_class():
+    from trl import SFTTrainer
+
+    class GuardedSFTTrainer(SFTTrainer):
+        """SFTTrainer that refuses to apply an update computed from a non-finite loss."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+            loss = out[0] if return_outputs else out
+            if model.training and not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+            return out
+
+    return GuardedSFTTrainer
+
+
+def sft_config(cfg: TrainConfig, output_dir: str, has_eval: bool, device: str):
+    """TRL's ``SFTConfig`` for this experiment (every keyword here is checked by the drift test)."""
+    from trl import SFTConfig
+
+    schedule = cfg.schedule
+    if schedule == "constant" and cfg.warmup_steps:
+        schedule = "constant_with_warmup"
+    eval_every = cfg.eval_every or max(1, cfg.steps // 5)
+    return SFTConfig(
+        output_dir=output_dir, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=schedule, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm is not None else 0.0,
+        max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
+        use_cpu=device == "cpu", logging_steps=1, logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no", eval_steps=eval_every,
+        save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding", dataset_num_proc=None,
+        remove_unused_columns=True,
+    )
+
+
+def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_data=None,
+          live: bool | None = None, plot=None, profile=None, label: str = "training",
+          callbacks: list | None = None, **overrides) -> TrainResult:
+    """Fine-tune ``model`` on ``train_data`` (a ``datasets.Dataset`` or list of records in the
+    ``text``, ``messages`` or ``prompt``/``completion`` format) and return a :class:`TrainResult`.
+
+    ``config`` is a :class:`TrainConfig`; keyword overrides change single fields
+    (``train(m, tok, data, method="full", learning_rate=1e-5)``). ``live`` draws the loss curve
+    as it goes (default: in a notebook); pass ``plot=LiveLossPlot(...)`` to draw into your own.
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (e.g. to snapshot weights).
+    """
+    import datasets
+    from transformers.trainer_callback import PrinterCallback
+
+    datasets.disable_progress_bars()  # TRL's tokenising passes take milliseconds here
+
+    cfg = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
+    cfg = cfg.validate().resolved(profile).validate()
+    train_ds = as_trl_dataset(train_data)
+    if len(train_ds) == 0:
+        raise ValueError("train_data is empty")
+    eval_ds = as_trl_dataset(eval_data) if eval_data is not None else None
+    device = str(next(model.parameters()).device.type)
+
+    set_seed(cfg.seed)
+    model = prepare_model(model, cfg)
+    history = History(config=cfg.to_dict())
+    if live is None:
+        live = in_notebook()
+    if live and plot is None:
+        from IPython.display import display
+
+        plot = LiveLossPlot(title=f"{label}: loss per step")
+        display(plot.figure)
+    progress = ProgressCallback(cfg.steps, label)
+
+    with tempfile.TemporaryDirectory(prefix="labkit-train-") as out, PeakMemory() as memory:
+        trainer = _guarded_trainer_class()(
+            model=model, args=sft_config(cfg, out, eval_ds is not None, device),
+            train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+            callbacks=[HistoryCallback(history, memory, cfg.early_stopping_patience, on_row=plot),
+                       progress, *(callbacks or [])])
+        trainer.remove_callback(PrinterCallback)
+        start = time.perf_counter()
+        try:
+            trainer.train()
+        except NonFiniteLoss as e:
+            history.stopped = str(e)
+        except KeyboardInterrupt:
+            history.stopped = f"interrupted at step {trainer.state.global_step}"
+        finally:
+            progress.close()
+            history.wall_s = time.perf_counter() - start
+    history.peak_memory_mb = memory.peak_mb
+    model.eval()
+    if history.stopped != "finished":
+        print(f"[labkit] {history.stopped}")
+    return TrainResult(model=model, history=history, config=cfg)

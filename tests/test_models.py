@@ -1,0 +1,66 @@
+"""Loading: the registry, the packaged offline model, its cache, 4-bit, and clear errors."""
+import json
+import time
+
+import pytest
+import torch
+
+from labkit import models
+from labkit.models import REGISTRY, ModelUnavailable, count_parameters, load_model, pick_device
+
+
+def test_registry_covers_the_lab_models():
+    ids = {s.hub_id for s in REGISTRY.values()}
+    for hub_id in ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                   "HuggingFaceTB/SmolLM2-360M", "HuggingFaceTB/SmolLM2-360M-Instruct",
+                   "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct"):
+        assert hub_id in ids
+
+
+def test_auto_device_is_cpu_here():
+    assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else pick_device("auto"))
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(dtype="int3")
+    with pytest.raises(ValueError, match="quantization"):
+        load_model(quantization="2bit")
+
+
+@pytest.mark.model
+def test_offline_uncached_hub_model_names_the_offline_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelUnavailable, match="smollm2-135m-instruct") as err:
+        load_model("qwen2.5-0.5b")
+    assert "HF_HUB_OFFLINE=1" in str(err.value)
+
+
+@pytest.mark.model
+def test_packaged_model_converts_once_then_loads_from_cache_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    load_model()  # converts if the cache is cold
+    config = json.loads((models.converted_path(REGISTRY["smollm2-135m-instruct"]) / "config.json").read_text())
+    assert "quantization_config" not in config
+    start = time.perf_counter()
+    model, tok = load_model()
+    assert time.perf_counter() - start < 2.0
+    assert 134e6 < count_parameters(model) < 135e6
+    assert not any(p.dtype != torch.float32 for p in model.parameters())
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).startswith("<|im_start|>")
+
+
+@pytest.mark.model
+def test_four_bit_load_uses_nf4_and_a_third_of_the_memory(real_model):
+    fp32, tok = real_model
+    q4, _ = load_model(quantization="4bit")
+    assert any(type(m).__name__ == "Linear4bit" for m in q4.modules())
+    assert models.footprint_bytes(q4) < 0.4 * models.footprint_bytes(fp32)
+    assert count_parameters(q4) == count_parameters(fp32)
+    from labkit.predictions import next_token_distribution
+    assert next_token_distribution(q4, tok, "The capital of France is", k=1)["token"][0] == " Paris"
+
+
+@pytest.mark.model
+def test_weights_are_safetensors_only():
+    folder = models.converted_path(REGISTRY["smollm2-135m-instruct"])
+    files = {p.suffix for p in folder.iterdir()}
+    assert ".safetensors" in files and not files & {".bin", ".pt", ".pkl"}

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labkit.predictions import (chat_prompt, continuation_logprob, continuation_prob, generate,
+                                next_token_distribution, next_token_logits, perplexity, sample_step)
+
+
+def test_top_k_is_sorted_and_sums_to_at_most_one(toy):
+    model, tok = toy
+    table = next_token_distribution(model, tok, "The capital", k=10)
+    probs = list(table["probability"])
+    assert len(table) == 10 and probs == sorted(probs, reverse=True)
+    assert 0 < sum(probs) <= 1 + 1e-6
+    full = next_token_distribution(model, tok, "The capital", k=len(tok))
+    assert full["probability"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_temperature_flattens_and_sharpens(toy):
+    model, tok = toy
+    logits = torch.randn(len(tok))
+    model_logits = next_token_logits(model, tok, "The")
+    hot = next_token_distribution(model, tok, "The", k=1, temperature=5.0)["probability"][0]
+    cold = next_token_distribution(model, tok, "The", k=1, temperature=0.2)["probability"][0]
+    assert cold > hot
+    assert model_logits.shape == logits.shape
+    with pytest.raises(ValueError, match="temperature"):
+        next_token_distribution(model, tok, "The", temperature=0)
+
+
+def test_continuation_probability_matches_a_manual_softmax(toy):
+    model, tok = toy
+    prompt, cont = "The quick brown", " fox jumps"
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tok(cont, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + c_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    manual = 0.0
+    for j, token in enumerate(c_ids):
+        probs = torch.exp(logits[len(p_ids) - 1 + j]) / torch.exp(logits[len(p_ids) - 1 + j]).sum()
+        manual += math.log(float(probs[token]))
+    assert continuation_logprob(model, tok, prompt, cont) == pytest.approx(manual, abs=1e-4)
+    assert continuation_prob(model, tok, prompt, cont) == pytest.approx(math.exp(manual), rel=1e-4)
+
+
+def test_perplexity_matches_the_mean_token_loss(toy):
+    model, tok = toy
+    texts = ["The quick brown fox jumps over the lazy dog.", "One, two, three."]
+    nll, n = 0.0, 0
+    for t in texts:
+        ids = tok(t, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        nll += float(F.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        n += ids.shape[1] - 1
+    assert perplexity(model, tok, texts, batch_size=2) == pytest.approx(math.exp(nll / n), rel=1e-4)
+    with pytest.raises(ValueError):
+        perplexity(model, tok, [])
+
+
+def test_generation_greedy_is_repeatable_and_chat_uses_the_template(toy):
+    model, tok = toy
+    a = generate(model, tok, "The capital", max_new_tokens=5)
+    assert a == generate(model, tok, "The capital", max_new_tokens=5)
+    assert "<|im_start|>user\nhi" in chat_prompt(tok, "hi")
+    assert isinstance(generate(model, tok, "hi", chat=True, max_new_tokens=3), str)
+
+
+def test_sample_step_draws_from_the_top_k(toy):
+    model, tok = toy
+    table, token = sample_step(model, tok, "The", k=5, generator=torch.Generator().manual_seed(0))
+    assert token in list(table["token"])

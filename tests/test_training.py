@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from labkit.training import TrainConfig, train
+
+
+def params_snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("learning_rate", 0), ("learning_rate", -1e-4), ("learning_rate", float("nan")),
+    ("lora_r", 0), ("batch_size", 0), ("steps", 0), ("method", "magic"), ("schedule", "zigzag"),
+    ("warmup_steps", -1), ("max_length", 4),
+])
+def test_bad_hyperparameters_fail_before_any_work(toy, toy_text, field, value):
+    model, tok = toy
+    before = params_snapshot(model)
+    with pytest.raises(ValueError, match=field):
+        train(model, tok, toy_text, **{field: value})
+    after = params_snapshot(model)
+    assert before.keys() == after.keys()  # no adapters were added
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_full_training_lowers_the_loss_and_records_a_history(toy, toy_text):
+    model, tok = toy
+    result = train(model, tok, toy_text, method="full", learning_rate=3e-3, steps=8, batch_size=8)
+    h = result.history
+    assert h.stopped == "finished" and len(h.rows) == 8
+    assert h.losses[-1] < h.losses[0]
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "peak_memory_mb"):
+        assert all(r[key] is not None and math.isfinite(r[key]) for r in h.rows), key
+    assert h.peak_memory_mb > 0 and h.config["method"] == "full"
+
+
+def test_lora_trains_only_adapters(toy, toy_text):
+    model, tok = toy
+    base = params_snapshot(model)
+    result = train(model, tok, toy_text, method="lora", lora_r=4, learning_rate=1e-2, steps=3)
+    trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    for name, p in result.model.named_parameters():
+        clean = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if clean in base:
+            assert torch.equal(p, base[clean]), name
+
+
+def test_eval_and_schedule(toy, toy_text):
+    model, tok = toy
+    result = train(model, tok, toy_text[:6], eval_data=toy_text[6:], method="full", steps=4,
+                   eval_every=2, schedule="linear", warmup_steps=2, learning_rate=1e-3)
+    assert [e["step"] for e in result.history.evals] == [2, 4]
+    lrs = [r["learning_rate"] for r in result.history.rows]
+    assert lrs[0] < lrs[1]  # warmup
+
+
+def test_same_seed_gives_identical_losses(toy_text):
+    from labkit.toy import toy_model
+
+    runs = []
+    for _ in range(2):
+        model, tok = toy_model(seed=0)
+        runs.append(train(model, tok, toy_text, method="lora", steps=4, seed=3, lora_dropout=0.1).history.losses)
+    assert runs[0] == runs[1]
+
+
+def test_non_finite_loss_stops_and_keeps_finite_weights(toy, toy_text):
+    model, tok = toy
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] >= 3:
+                return output * float("nan")
+        return output
+
+    model.model.norm.register_forward_hook(poison)
+    result = train(model, tok, toy_text, method="full", steps=6, learning_rate=1e-3)
+    assert "step 3" in result.history.stopped and "nan" in result.history.stopped
+    assert len(result.history.rows) == 2
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_keyboard_interrupt_returns_partial_history(toy, toy_text):
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    model, tok = toy
+    result = train(model, tok, toy_text, method="full", steps=6, callbacks=[Interrupt()])
+    assert result.history.stopped == "interrupted at step 2"
+    assert len(result.history.rows) >= 1
+    from labkit.predictions import generate
+    assert isinstance(generate(result.model, tok, "The", max_new_tokens=2), str)
+
+
+def test_chat_data_trains_on_the_reply_only(toy):
+    model, tok = toy
+    data = [{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}] * 4
+    result = train(model, tok, data, method="full", steps=2, learning_rate=1e-3)
+    assert result.history.stopped == "finished"
+    # the tokens counted per step are the whole sequences; loss only on the reply is TRL's job
+    assert all(r["tokens"] > 0 for r in result.history.rows)
+
+
+def test_config_round_trip(tmp_path):
+    cfg = TrainConfig(method="dora", lora_r=4, seed=7)
+    path = cfg.save(tmp_path / "c.json")
+    assert TrainConfig.load(path) == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"rank": 3})
