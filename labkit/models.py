@@ -127,8 +127,11 @@ def convert_gguf(spec: ModelSpec, force: bool = False) -> Path:
     config.pop("quantization_config", None)  # else a later 4-bit load refuses the GgufConfig
     config_file.write_text(json.dumps(config, indent=2))
     (tmp / "SOURCE.txt").write_text(f"Converted by labkit from {gguf} ({PACKAGED_WHEEL}).\n")
-    shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / "model.safetensors").is_file() and not force:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target
+    shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
 
