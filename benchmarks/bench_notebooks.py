@@ -1,0 +1,62 @@
+"""Wall time of every notebook, executed top to bottom as a learner would, per profile.
+
+    .venv/bin/python benchmarks/bench_notebooks.py --profiles smoke cpu [--only 01 02]
+
+Goal: every notebook at most 5 minutes in the cpu profile on a 2-core laptop.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, table, write_section  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+GOAL_S = {"smoke": 60, "cpu": 300, "gpu": 300}
+
+
+def run(path: Path, profile: str) -> tuple[float, str]:
+    os.environ["LABKIT_PROFILE"] = profile
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    try:
+        NotebookClient(nb, timeout=1800, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        status = "ok"
+    except Exception as e:  # record and go on: one failing notebook should not hide the others
+        status = f"error: {type(e).__name__}"
+    return time.perf_counter() - start, status
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profiles", nargs="+", default=["smoke", "cpu"])
+    ap.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 01 02")
+    args = ap.parse_args()
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        paths = [p for p in paths if p.name[:2] in args.only]
+    rows = []
+    for path in paths:
+        row = {"notebook": path.stem}
+        for profile in args.profiles:
+            secs, status = run(path, profile)
+            row[f"{profile} (s)"] = round(secs, 1)
+            row[f"{profile} within goal"] = "yes" if secs <= GOAL_S[profile] and status == "ok" else f"NO ({status})"
+            print(f"{path.stem} [{profile}]: {secs:.1f} s {status}", flush=True)
+        rows.append(row)
+    body = (f"Measured {machine()}.\nEach notebook executed with nbclient in a fresh kernel "
+            f"(model cache warm). Goals: smoke <= {GOAL_S['smoke']} s, cpu <= {GOAL_S['cpu']} s.\n\n{table(rows)}")
+    print(body)
+    write_section("Notebook wall time" + ("" if not args.only else f" ({' '.join(args.only)})"), body)
+
+
+if __name__ == "__main__":
+    main()
