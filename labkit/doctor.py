@@ -11,6 +11,7 @@ import platform
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -27,16 +28,36 @@ class Check:
         return text + (f"\n       fix: {self.fix}" if not self.ok and self.fix else "")
 
 
-def tested_ranges() -> dict[str, str]:
-    """Package -> version range, as labkit declares them (pyproject.toml)."""
+def tested_ranges(extras: tuple[str, ...] = ("lab",)) -> dict[str, str]:
+    """Package -> version range, as labkit declares them: the repository's pyproject.toml (the
+    source of truth, also in an editable install), else the installed package's metadata.
+    Optional dependencies of ``extras`` are included (``lab``: JupyterLab and the kernel)."""
     from packaging.requirements import Requirement
 
+    lines = None
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            import tomllib
+
+            project = tomllib.loads(pyproject.read_text())["project"]
+            lines = list(project["dependencies"])
+            for extra in extras:
+                lines += project.get("optional-dependencies", {}).get(extra, [])
+        except Exception:  # Python 3.10 has no tomllib; an odd file: use the metadata
+            lines = None
+    if lines is None:
+        lines = [line for line in (md.requires("labkit") or [])
+                 if ";" not in line or any(f'extra == "{e}"' in line for e in extras)]
     ranges = {}
-    for line in md.requires("labkit") or []:
+    for line in lines:
         req = Requirement(line)
-        if req.marker is None:
-            ranges[req.name] = str(req.specifier)
+        ranges[req.name] = str(req.specifier)
     return ranges
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
 
 
 def package_checks() -> list[Check]:
@@ -44,14 +65,14 @@ def package_checks() -> list[Check]:
     from packaging.version import Version
 
     checks = []
-    for name, spec in tested_ranges().items():
+    for name, spec in tested_ranges(extras=() if in_colab() else ("lab",)).items():
         try:
             version = md.version(name)
         except md.PackageNotFoundError:
             checks.append(Check(name, False, "not installed", f"pip install '{name}{spec}'"))
             continue
-        ok = Version(version.split("+")[0]) in SpecifierSet(spec)
-        checks.append(Check(name, ok, f"{version} (tested: {spec})",
+        ok = SpecifierSet(spec).contains(Version(version.split("+")[0]), prereleases=True)
+        checks.append(Check(name, ok, f"{version} (tested: {spec or 'any'})",
                             f"pip install '{name}{spec}'" + (" (not torch in Colab)" if name == "torch" else "")))
     return checks
 
@@ -77,7 +98,11 @@ def device_checks() -> list[Check]:
         checks.append(Check("bfloat16 matmul", False, f"not supported ({type(e).__name__})",
                             "the lab falls back to float32 / fp16 automatically"))
     try:
-        checks.append(Check("profile", True, f"{default_profile_name()} (set LABKIT_PROFILE to change)"))
+        from .profiles import profile
+
+        p = profile()
+        checks.append(Check("profile", True, f"{p.name}, training precision {p.mixed_precision} "
+                                             "(set LABKIT_PROFILE to change)"))
     except ValueError as e:
         checks.append(Check("profile", False, str(e), "export LABKIT_PROFILE=cpu (or smoke, gpu)"))
     return checks
@@ -101,14 +126,78 @@ def model_checks() -> list[Check]:
     return checks
 
 
+# The JupyterLab front ends the lab's widgets need, by the pip package that brings each one.
+FRONT_ENDS = {
+    "@jupyter-widgets/jupyterlab-manager": ("jupyterlab_widgets", "ipywidgets' controls"),
+    "anywidget": ("anywidget", "plotly FigureWidget charts"),
+    "jupyterlab-plotly": ("plotly", "static plotly figures"),
+}
+
+
+def labextensions() -> dict[str, tuple[str, Path]]:
+    """Installed prebuilt JupyterLab extensions: name -> (version, folder), as JupyterLab finds them."""
+    import json
+
+    from jupyter_core.paths import jupyter_path
+
+    found = {}
+    for base in jupyter_path("labextensions"):
+        for pkg in sorted(Path(base).glob("**/package.json")):
+            if pkg.parent.parent.name != "labextensions" and pkg.parent.parent.parent.name != "labextensions":
+                continue
+            try:
+                meta = json.loads(pkg.read_text())
+            except (OSError, ValueError):
+                continue
+            found.setdefault(meta.get("name", pkg.parent.name), (meta.get("version", "?"), pkg.parent))
+    return found
+
+
+def disabled_labextensions() -> set[str]:
+    """Extensions switched off in JupyterLab's page_config (``jupyter labextension disable``)."""
+    import json
+
+    from jupyter_core.paths import jupyter_config_path
+
+    disabled = set()
+    for base in jupyter_config_path():
+        for cfg in list(Path(base, "labconfig").glob("page_config.json")):
+            try:
+                value = json.loads(cfg.read_text()).get("disabledExtensions", {})
+            except (OSError, ValueError):
+                continue
+            disabled |= {k for k, v in value.items() if v} if isinstance(value, dict) else set(value)
+    return disabled
+
+
 def widget_checks() -> list[Check]:
+    """The widgets' Python packages, and whether JupyterLab sees their front ends (they come with
+    the pip packages: no ``jupyter labextension install`` step)."""
     checks = []
-    for name, why in (("jupyterlab_widgets", "ipywidgets' JupyterLab front end"),
+    for name, why in (("ipywidgets", "widget controls"), ("jupyterlab_widgets", "ipywidgets' JupyterLab front end"),
                       ("anywidget", "plotly FigureWidget's front end")):
         try:
             checks.append(Check(f"widgets: {name}", True, f"{md.version(name)} ({why})"))
         except md.PackageNotFoundError:
             checks.append(Check(f"widgets: {name}", False, f"not installed ({why})", f"pip install {name}"))
+    if in_colab():
+        checks.append(Check("widgets: front end", True, "Colab (the setup cell enables its custom widget manager)"))
+        return checks
+    try:
+        installed, disabled = labextensions(), disabled_labextensions()
+    except ImportError as e:
+        return checks + [Check("widgets: JupyterLab front end", False, f"cannot look: {e}",
+                               "pip install -r requirements.txt")]
+    for ext, (package, what) in FRONT_ENDS.items():
+        fix = (f"pip install --force-reinstall --no-deps {package}   (its JupyterLab extension comes with it), "
+               "then restart JupyterLab")
+        if ext not in installed:
+            checks.append(Check(f"front end: {ext}", False, f"JupyterLab does not see it: {what} will not show", fix))
+        elif ext in disabled:
+            checks.append(Check(f"front end: {ext}", False, f"{installed[ext][0]}, disabled: {what} will not show",
+                                f"jupyter labextension enable {ext}"))
+        else:
+            checks.append(Check(f"front end: {ext}", True, f"{installed[ext][0]} ({what})"))
     return checks
 
 

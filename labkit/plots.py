@@ -70,3 +70,44 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+class FigureWidget(go.FigureWidget):
+    """plotly's ``FigureWidget`` that keeps its whole state in the traits the browser reads first.
+
+    plotly sends each change (a new trace, new y values, a new title) to the browser as a one-off
+    message. A browser that is still loading plotly's front end when those messages arrive (the
+    first time a notebook shows a chart, or on a busy machine) misses them and shows empty axes,
+    and a chart inside a box of controls is never re-sent in full. Copying the figure into the
+    synced state after every change means the browser always starts from the complete figure.
+    """
+
+    def _sync_state(self):
+        from copy import deepcopy
+
+        self._widget_layout = deepcopy(self._layout_obj._props)
+        self._widget_data = deepcopy(self._data)
+
+    def _send_relayout_msg(self, *args, **kwargs):
+        super()._send_relayout_msg(*args, **kwargs)
+        self._sync_state()
+
+    def _send_restyle_msg(self, *args, **kwargs):
+        super()._send_restyle_msg(*args, **kwargs)
+        self._sync_state()
+
+    def _send_addTraces_msg(self, *args, **kwargs):
+        super()._send_addTraces_msg(*args, **kwargs)
+        self._sync_state()
+
+    def _send_deleteTraces_msg(self, *args, **kwargs):
+        super()._send_deleteTraces_msg(*args, **kwargs)
+        self._sync_state()
+
+    def _send_moveTraces_msg(self, *args, **kwargs):
+        super()._send_moveTraces_msg(*args, **kwargs)
+        self._sync_state()
+
+    def _send_update_msg(self, *args, **kwargs):
+        super()._send_update_msg(*args, **kwargs)
+        self._sync_state()

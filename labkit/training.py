@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from .memory import PeakMemory
 from .profiles import profile as get_profile
 from .reproducibility import set_seed
+from .plots import FigureWidget
 
 METHODS = ("full", "lora", "dora", "qlora")
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -315,7 +316,7 @@ class LiveLossPlot:
                  figure=None):
         import plotly.graph_objects as go
 
-        self.figure = figure or go.FigureWidget(layout=dict(
+        self.figure = figure or FigureWidget(layout=dict(
             title=title, xaxis_title="optimizer step", yaxis_title="loss (cross-entropy, nats/token)",
             height=320, margin=dict(l=60, r=20, t=50, b=40)))
         self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name, line=dict(color=color))
@@ -430,6 +431,11 @@ def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_
             progress.close()
             history.wall_s = time.perf_counter() - start
     history.peak_memory_mb = memory.peak_mb
+    # accelerate wraps forward() in autocast for mixed precision and leaves it wrapped: undo that,
+    # so "after" numbers are computed in the model's own precision, like the "before" ones.
+    from accelerate.utils import extract_model_from_parallel
+
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)
     model.eval()
     if history.stopped != "finished":
         print(f"[labkit] {history.stopped}")

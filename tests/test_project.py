@@ -44,3 +44,11 @@ def test_every_notebook_starts_with_the_colab_setup_cell_and_badge():
 def test_setup_cell_never_installs_torch():
     for line in re.findall(r"pip install[^\n]*", SETUP_CELL):
         assert "torch" not in line
+
+
+def test_widgets_use_labkits_figure_widget():
+    """go.FigureWidget loses its first changes in a browser still loading plotly's front end
+    (tests/test_browser.py); labkit.plots.FigureWidget keeps the whole state synced."""
+    for path in sorted((ROOT / "labkit").glob("*.py")):
+        if path.name != "plots.py":
+            assert "go.FigureWidget" not in path.read_text(), path.name

@@ -1,0 +1,309 @@
+"""One task, one set of metrics: full fine-tuning, LoRA, QLoRA and DoRA side by side.
+
+    result = run_method("lora")                 # trains, measures, saves outputs/method_comparison/lora.json
+    results = ensure_results(["full", "lora"])  # reuse saved results of this profile, compute the rest
+    results_table(results)                      # the side-by-side table
+
+The task: instruction tuning on ``data/instructions.jsonl`` (train split), the loss on the
+assistant's reply only. Every method is measured the same way:
+
+- quality:     held-out loss (nats per reply token) on the heldout split, and its perplexity;
+               ``quality_ratio`` = (base loss - method loss) / (base loss - full fine-tuning loss),
+               the share of full fine-tuning's improvement the method gets
+- trainable parameters, step time (median seconds per optimizer step)
+- peak memory: the weights' bytes plus the highest memory above the start during training
+               (CPU: sampled resident memory; GPU: PyTorch's peak counter)
+- size on disk: the adapter (or the full checkpoint), saved with safetensors
+- forgetting:  accuracy on a subset of the general-knowledge cloze probe, after against the fp32
+               base model (for QLoRA the 4-bit model's own starting loss and accuracy are kept too,
+               as ``start_heldout_loss``/``start_probe_accuracy``: part of its change is quantisation)
+
+Results are JSON with the config that produced them (PEFT's method-comparison layout).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .data import data_path, read_jsonl
+from .memory import PeakMemory
+from .models import count_parameters, footprint_bytes, load_model
+from .probes import cloze_accuracy
+from .profiles import profile as get_profile
+from .training import TrainConfig, train
+
+OUTPUT_DIR = Path("outputs") / "method_comparison"
+METHODS = ("full", "lora", "qlora", "dora")
+# Learning rates: adapters learn at about 10x the rate full fine-tuning tolerates.
+# Replies are scored in windows of this many tokens, whatever the training length, so that every
+# profile and method is judged on the same tokens.
+HELDOUT_MAX_LENGTH = 256
+LEARNING_RATES = {"full": 5e-5, "lora": 5e-4, "qlora": 5e-4, "dora": 5e-4}
+
+
+def output_dir() -> Path:
+    """``outputs/method_comparison`` at the repository root (where the notebooks' outputs go)."""
+    here = Path.cwd()
+    root = here.parent if here.name == "notebooks" else here
+    return root / OUTPUT_DIR
+
+
+def task_data(profile=None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train records, held-out records, general-probe items) sized by the profile."""
+    p = profile or get_profile()
+    records = read_jsonl(data_path("instructions.jsonl"), "messages")
+    train_set = [r for r in records if r.get("split") == "train"]
+    heldout = [r for r in records if r.get("split") == "heldout"][: p.eval_items]
+    probe = read_jsonl(data_path("general_knowledge.jsonl"), "cloze")[: p.eval_items]
+    return train_set, heldout, probe
+
+
+def comparison_config(method: str, profile=None, **overrides) -> TrainConfig:
+    """The experiment's config for ``method``: same steps, batch, length and seed for all."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {METHODS}")
+    p = profile or get_profile()
+    base = dict(method=method, learning_rate=LEARNING_RATES[method], lora_r=8, lora_alpha=16,
+                steps=p.pick(smoke=2, cpu=16, gpu=200), batch_size=p.pick(smoke=2, cpu=4, gpu=16),
+                max_length=p.pick(smoke=64, cpu=128, gpu=256), seed=0)
+    return TrainConfig(**{**base, **overrides}).validate()
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, records, max_length: int = 256) -> float:
+    """Mean cross-entropy (nats per token) on the assistant's replies of chat ``records``: the
+    prompt is fed but not scored, as in training."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for r in records:
+        prompt = tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(r["messages"], tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+        if len(ids) <= len(p_ids):
+            continue
+        x = torch.tensor([ids], device=device)
+        logits = model(input_ids=x).logits[0, :-1].float()
+        targets = x[0, 1:]
+        losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")[len(p_ids) - 1:]
+        total += float(losses.sum())
+        count += losses.numel()
+    if count == 0:
+        raise ValueError("no held-out record had reply tokens within max_length")
+    return total / count
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def save_checkpoint(model, method: str, folder: Path) -> int:
+    """Save the adapter (LoRA/DoRA/QLoRA) or the whole model (full) as safetensors; return the
+    bytes of the weight files."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
+def step_time(history) -> float:
+    """Median seconds per optimizer step (the first step, with its warm-up, left out)."""
+    t = [r["elapsed_s"] for r in history.rows]
+    diffs = [b - a for a, b in zip(t, t[1:])]
+    return statistics.median(diffs) if diffs else (t[0] if t else float("nan"))
+
+
+def base_metrics(profile=None, save: bool = True) -> dict:
+    """Held-out loss and probe accuracy of the untuned model (the reference for every method)."""
+    p = profile or get_profile()
+    _, heldout, probe = task_data(p)
+    model, tok = load_model()
+    result = {"method": "base", "profile": p.name, "heldout_loss": heldout_loss(model, tok, heldout, HELDOUT_MAX_LENGTH),
+              "probe_accuracy": cloze_accuracy(model, tok, probe), "heldout_items": len(heldout),
+              "probe_items": len(probe)}
+    if save:
+        _save(result)
+    return result
+
+
+def run_method(method: str, profile=None, snapshot_every: int | None = None, save: bool = True,
+               keep_checkpoint: bool | None = None, live: bool = False, **overrides) -> dict:
+    """Train ``method`` on the task and measure everything; save the JSON (and the adapter)."""
+    from .lora import WeightSnapshots
+
+    p = profile or get_profile()
+    cfg = comparison_config(method, p, **overrides)
+    train_set, heldout, probe = task_data(p)
+    model, tok = load_model(quantization="4bit" if method == "qlora" else None)
+    weights_mb = footprint_bytes(model) / 2**20
+    start_metrics = {}
+    if method == "qlora":  # its starting point is the 4-bit model, not the fp32 base
+        start_metrics = {"start_heldout_loss": heldout_loss(model, tok, heldout, HELDOUT_MAX_LENGTH),
+                         "start_probe_accuracy": cloze_accuracy(model, tok, probe)}
+    callbacks = []
+    if snapshot_every and method != "qlora":
+        callbacks.append(WeightSnapshots("q_proj", every=snapshot_every, method=method))
+    start, start_mb = time.perf_counter(), PeakMemory.rss_mb() if not torch.cuda.is_available() else 0.0
+    res = train(model, tok, train_set, cfg, profile=p, live=live, label=method, callbacks=callbacks)
+    model = res.model
+    folder = output_dir() / f"{method}_checkpoint"
+    disk = save_checkpoint(model, method, folder)
+    if not (keep_checkpoint if keep_checkpoint is not None else method != "full"):
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    loss = heldout_loss(model, tok, heldout, HELDOUT_MAX_LENGTH)
+    result = {
+        "method": method, "profile": p.name, "config": res.config.to_dict(),
+        "heldout_loss": loss, "heldout_perplexity": float(torch.exp(torch.tensor(loss))),
+        "trainable_params": count_parameters(model, trainable_only=True),
+        "total_params": count_parameters(model) - (0 if method == "full" else count_parameters(model, trainable_only=True)),
+        "weights_mb": weights_mb,
+        "peak_memory_mb": weights_mb + max(0.0, res.history.peak_memory_mb - start_mb),
+        "step_time_s": step_time(res.history),
+        "disk_mb": disk / 2**20,
+        "probe_accuracy": cloze_accuracy(model, tok, probe),
+        "train_losses": res.history.losses, "wall_s": time.perf_counter() - start,
+        "stopped": res.history.stopped, "heldout_items": len(heldout), "probe_items": len(probe),
+        "magnitude_direction": callbacks[0].rows if callbacks else [],
+        **start_metrics,
+    }
+    if save:
+        _save(result)
+    result["model"], result["tokenizer"] = model, tok
+    return result
+
+
+def _save(result: dict) -> Path:
+    folder = output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{result['method']}.json"
+    clean = {k: v for k, v in result.items() if k not in ("model", "tokenizer")}
+    path.write_text(json.dumps(clean, indent=1))
+    return path
+
+
+def load_results(profile=None) -> dict[str, dict]:
+    """Saved results of this profile, by method (``base`` included when present)."""
+    p = profile or get_profile()
+    out = {}
+    for path in sorted(output_dir().glob("*.json")):
+        r = json.loads(path.read_text())
+        if r.get("profile") == p.name:
+            out[r["method"]] = r
+    return out
+
+
+def ensure_results(methods=METHODS, profile=None, **run_kwargs) -> dict[str, dict]:
+    """Saved results for ``methods`` (and the base model), computing the missing ones."""
+    p = profile or get_profile()
+    results = load_results(p)
+    if "base" not in results:
+        results["base"] = base_metrics(p)
+    for m in methods:
+        if m not in results:
+            r = run_method(m, p, **run_kwargs)
+            results[m] = {k: v for k, v in r.items() if k not in ("model", "tokenizer")}
+    return results
+
+
+def results_table(results: dict[str, dict]):
+    """The side-by-side table: one row per method that has results."""
+    import pandas as pd
+
+    base = results.get("base")
+    full = results.get("full")
+    rows = []
+    for m in ("base", *METHODS):
+        r = results.get(m)
+        if r is None:
+            continue
+        row = {"method": m, "heldout_loss": r["heldout_loss"],
+               "heldout_perplexity": float(torch.exp(torch.tensor(r["heldout_loss"]))),
+               "trainable_params": r.get("trainable_params", 0),
+               "trainable_percent": 100 * r.get("trainable_params", 0) / r["total_params"] if "total_params" in r else 0.0,
+               "peak_memory_mb": r.get("peak_memory_mb"), "step_time_s": r.get("step_time_s"),
+               "disk_mb": r.get("disk_mb"), "probe_accuracy": r["probe_accuracy"]}
+        if base and full and m != "base":
+            gain_full = base["heldout_loss"] - full["heldout_loss"]
+            row["quality_ratio"] = (base["heldout_loss"] - r["heldout_loss"]) / gain_full if gain_full else float("nan")
+        if base and m != "base":
+            row["start_heldout_loss"] = r.get("start_heldout_loss", base["heldout_loss"])
+            row["forgetting_points"] = 100 * (base["probe_accuracy"] - r["probe_accuracy"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def comparison_figure(table, metric: str = "heldout_loss", ylabel: str | None = None, title: str | None = None):
+    """A bar per method in the lab's colours."""
+    import plotly.graph_objects as go
+
+    from .plots import color
+
+    fig = go.Figure(go.Bar(x=list(table.index), y=list(table[metric]),
+                           marker_color=[color(m) for m in table.index],
+                           text=[f"{v:.3g}" for v in table[metric]], textposition="outside"))
+    fig.update_layout(title=title or metric, xaxis_title="method", yaxis_title=ylabel or metric,
+                      height=340, margin=dict(l=60, r=20, t=60, b=50))
+    return fig
+
+
+def sweep_run(label: str, profile=None, **overrides) -> dict:
+    """A small, quick run for a sweep (rank, placement, DoRA vs LoRA): smaller batch and
+    sequences than the main comparison, held-out loss on a subset. Nothing is saved."""
+    p = profile or get_profile()
+    small = dict(steps=p.pick(smoke=1, cpu=8, gpu=100), batch_size=p.pick(smoke=1, cpu=2, gpu=8),
+                 max_length=p.pick(smoke=64, cpu=64, gpu=256))
+    method = overrides.pop("method", "lora")
+    cfg = comparison_config(method, p, **{**small, **overrides})
+    train_set, heldout, _ = task_data(p)
+    model, tok = load_model(quantization="4bit" if method == "qlora" else None)
+    res = train(model, tok, train_set, cfg, profile=p, live=False, label=label)
+    return {"label": label, "method": method, "lora_r": cfg.lora_r,
+            "target_modules": cfg.target_modules if isinstance(cfg.target_modules, str) else "+".join(cfg.target_modules),
+            "trainable_params": count_parameters(res.model, trainable_only=True),
+            "heldout_loss": heldout_loss(res.model, tok, heldout[: p.pick(smoke=2, cpu=20, gpu=40)], HELDOUT_MAX_LENGTH),
+            "step_time_s": step_time(res.history), "peak_memory_mb": res.history.peak_memory_mb}
+
+
+def magnitude_direction_figure(results: dict[str, dict], methods=("full", "lora", "dora")):
+    """The DoRA paper's Figure 2 on our model: ΔD (x) against ΔM (y), one panel per method, one
+    point per (layer, checkpoint); the title gives each method's correlation."""
+    import pandas as pd
+    from plotly.subplots import make_subplots
+
+    from .plots import color
+
+    rows = [row for m in methods for row in (results.get(m) or {}).get("magnitude_direction", [])]
+    df = pd.DataFrame(rows)
+    present = [m for m in methods if not df.empty and (df["method"] == m).any()]
+    corr = magnitude_direction_correlation(df)
+    fig = make_subplots(rows=1, cols=max(1, len(present)), subplot_titles=[
+        f"{m}: corr(ΔD, ΔM) = {corr.get(m, float('nan')):+.2f}" for m in present] or ["no snapshots"])
+    for i, m in enumerate(present, start=1):
+        d = df[df["method"] == m]
+        fig.add_scatter(x=d["delta_d"], y=d["delta_m"], mode="markers", name=m, row=1, col=i,
+                        marker=dict(color=color(m), size=6, opacity=0.7),
+                        text=[f"step {s}, {l}" for s, l in zip(d["step"], d["layer"])])
+        fig.update_xaxes(title_text="ΔD (mean 1 − cosine, direction change)", row=1, col=i)
+    fig.update_yaxes(title_text="ΔM (mean |Δ row norm|)", row=1, col=1)
+    fig.update_layout(height=380, margin=dict(l=60, r=20, t=80, b=50),
+                      title="Magnitude against direction change of q_proj, every layer and checkpoint")
+    return fig
+
+
+def magnitude_direction_correlation(df) -> dict[str, float]:
+    """Pearson correlation of ΔD and ΔM per method (the paper: negative for full fine-tuning and
+    DoRA, positive for LoRA)."""
+    out = {}
+    if df is None or len(df) == 0:
+        return out
+    for m, d in df.groupby("method"):
+        out[m] = float(d["delta_d"].corr(d["delta_m"])) if len(d) > 2 else float("nan")
+    return out

@@ -1,0 +1,268 @@
+"""The fine-tuning process: choose the method, score on held-out data, run a small grid.
+
+    recommend(gpu_gb=24, model_params=7e9, quality="good enough", variants=3)
+        -> Recommendation(method="lora", reasons=[...], estimates={...})
+    decision_widget()                        # the same with controls and a chart
+    reply_loss(model, tok, heldout_records)  # mean loss on the assistant's replies only
+    run_grid({"learning_rate": [1e-4, 3e-4], "lora_r": [4, 16]}, run_one)  # results table
+
+``recommend`` is built on :mod:`labkit.calculator` (the memory of each method) plus the rules of
+thumb of the lesson:
+
+1. Only methods whose estimated memory fits the GPU are candidates.
+2. Several variants of one model favour adapters: one base in memory serves them all, and each
+   variant ships as a few MB instead of a full copy of the weights.
+3. A need for the highest quality favours full fine-tuning where it fits (it can change every
+   weight), then LoRA (16-bit base) over QLoRA (4-bit base, a little quality lost to quantisation).
+4. Otherwise take the cheapest method that fits: LoRA if it fits, else QLoRA.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from . import calculator
+
+QUALITY = ("good enough", "highest")
+CANDIDATES = ("full", "lora", "qlora")
+
+
+@dataclass
+class Recommendation:
+    method: str | None
+    reasons: list[str]
+    estimates: dict = field(default_factory=dict)  # method -> total GiB
+
+    def text(self) -> str:
+        head = f"Recommendation: {self.method.upper()}" if self.method else "Recommendation: none fits"
+        return head + "\n" + "\n".join(f"- {r}" for r in self.reasons)
+
+
+def recommend(gpu_gb: float, model_params: float, quality: str = "good enough", variants: int = 1,
+              seq_len: int = 512, batch: int = 4, gradient_checkpointing: bool = True) -> Recommendation:
+    """Full, LoRA or QLoRA for this GPU, model size (parameters), quality need and number of
+    variants to serve, with the reasons (see the module docstring for the rules)."""
+    if quality not in QUALITY:
+        raise ValueError(f"quality={quality!r}: choose one of {QUALITY}")
+    if not isinstance(variants, int) or variants < 1:
+        raise ValueError(f"variants={variants!r}: must be a whole number of at least 1")
+    if gpu_gb <= 0:
+        raise ValueError(f"gpu_gb={gpu_gb!r}: must be > 0")
+    kw = dict(seq_len=seq_len, batch=batch, gradient_checkpointing=gradient_checkpointing)
+    est = {"full": calculator.estimate(model_params, method="full", weight_dtype="bf16",
+                                       master_weights=True, **kw),
+           "lora": calculator.estimate(model_params, method="lora", **kw),
+           "qlora": calculator.estimate(model_params, method="qlora", **kw)}
+    gib = {m: b.total_gb for m, b in est.items()}
+    fit = {m: calculator.fits(b, gpu_gb) for m, b in est.items()}
+    reasons = [f"estimated training memory (seq {seq_len}, batch {batch}): "
+               + ", ".join(f"{m} {gib[m]:.1f} GiB ({'fits' if fit[m] else 'too big'})" for m in CANDIDATES)
+               + f" on a {gpu_gb:g} GiB GPU"]
+    if not any(fit.values()):
+        reasons.append("nothing fits: use a smaller model, shorter sequences, a smaller batch, "
+                       "or more GPUs")
+        return Recommendation(None, reasons, gib)
+    full_copy_gb = model_params * 2 / 2**30
+    adapter_gb = est["lora"].trainable_params * 2 / 2**30
+    if variants > 1:
+        reasons.append(f"{variants} variants: as full copies {variants * full_copy_gb:.1f} GiB of weights "
+                       f"to store and load; as adapters one base ({full_copy_gb:.1f} GiB) plus "
+                       f"{variants} x {adapter_gb * 1024:.0f} MiB, and one server switches between them")
+    if quality == "highest" and fit["full"] and variants <= 2:
+        reasons.append("highest quality needed and full fine-tuning fits: it can change every weight")
+        return Recommendation("full", reasons, gib)
+    if quality == "highest" and fit["full"]:
+        reasons.append("full fine-tuning would fit, but serving many full copies costs more than "
+                       "the quality it may add; LoRA usually comes close")
+    if fit["lora"]:
+        why = "LoRA fits: 16-bit base weights (no quantisation loss), a small adapter to train and ship"
+        if quality == "highest" and not fit["full"]:
+            why += "; full fine-tuning does not fit"
+        reasons.append(why)
+        return Recommendation("lora", reasons, gib)
+    reasons.append("only QLoRA fits: the base is stored in 4 bits (NF4), which costs a little "
+                   "quality but makes the model fit")
+    return Recommendation("qlora", reasons, gib)
+
+
+MODEL_SIZES = {"SmolLM2-135M": 0.135e9, "Qwen2.5-0.5B": 0.5e9, "1B": 1e9, "3B": 3e9, "7B": 7e9,
+               "13B": 13e9, "34B": 34e9, "70B": 70e9}
+
+
+def decision_widget(gpu: str = "T4 (16 GB)", model: str = "7B", quality: str = "good enough",
+                    variants: int = 1):
+    """Controls (GPU, model size, quality need, variants) and a bar chart of each method's memory
+    against the GPU, titled with the recommendation. Returns an object with ``.controls``,
+    ``.figure``, ``.recommendation``, ``.reasons`` (an HTML widget) and ``.widget``."""
+    import ipywidgets as W
+    import plotly.graph_objects as go
+
+    from .plots import COLORS
+
+    class DecisionWidget:
+        pass
+
+    self = DecisionWidget()
+    self.controls = {
+        "gpu": W.Dropdown(options=list(calculator.GPUS), value=gpu, description="GPU"),
+        "model": W.Dropdown(options=list(MODEL_SIZES), value=model, description="model"),
+        "quality": W.ToggleButtons(options=list(QUALITY), value=quality, description="quality"),
+        "variants": W.IntSlider(value=variants, min=1, max=20, description="variants"),
+    }
+    self.figure = go.FigureWidget(layout=dict(
+        xaxis_title="method", yaxis_title="estimated training memory (GiB)", height=380,
+        margin=dict(l=60, r=20, t=70, b=50), showlegend=False))
+    self.figure.add_bar(x=list(CANDIDATES), y=[0, 0, 0], marker_color=[COLORS[m] for m in CANDIDATES])
+    self.figure.add_scatter(x=list(CANDIDATES), y=[0, 0, 0], mode="lines", name="GPU memory",
+                            line=dict(color="black", dash="dash"))
+    self.reasons = W.HTML()
+
+    def update(*_):
+        c = {k: w.value for k, w in self.controls.items()}
+        gpu_gb = calculator.GPUS[c["gpu"]]
+        rec = recommend(gpu_gb, MODEL_SIZES[c["model"]], c["quality"], c["variants"])
+        self.recommendation = rec
+        with self.figure.batch_update():
+            self.figure.data[0].y = [rec.estimates[m] for m in CANDIDATES]
+            self.figure.data[1].y = [gpu_gb] * 3
+            self.figure.layout.title = (f"{c['model']} on {c['gpu']}: "
+                                        + (f"use {rec.method.upper()}" if rec.method else "nothing fits"))
+        self.reasons.value = "<ul>" + "".join(f"<li>{r}</li>" for r in rec.reasons) + "</ul>"
+
+    for w in self.controls.values():
+        w.observe(update, names="value")
+    update()
+    self.widget = W.VBox([W.HBox([self.controls["gpu"], self.controls["model"]]),
+                          W.HBox([self.controls["quality"], self.controls["variants"]]),
+                          self.figure, self.reasons])
+    return self
+
+
+# --- held-out score ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def reply_loss(model, tokenizer, records, max_length: int = 256, batch_size: int = 8) -> float:
+    """Mean cross-entropy (nats per token) on the assistant's replies of ``messages`` records,
+    the prompt tokens masked out: the number training minimises, measured on data it never saw."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(records), batch_size):
+        ids, labels = [], []
+        for r in records[i:i + batch_size]:
+            prompt = tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(r["messages"], tokenize=False)
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            f = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+            ids.append(f)
+            labels.append([-100] * min(len(p), len(f)) + f[len(p):])
+        width = max(len(x) for x in ids)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+        attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+        lab = torch.tensor([x + [-100] * (width - len(x)) for x in labels], device=device)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+        target = lab[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        total += loss.item()
+        count += int((target != -100).sum())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("no reply tokens to score (are the replies cut off by max_length?)")
+    return total / count
+
+
+# --- the iterative loop -----------------------------------------------------------------------
+
+def grid(**values) -> list[dict]:
+    """Every combination: ``grid(learning_rate=[1e-4, 3e-4], lora_r=[4, 16])`` -> 4 dicts."""
+    for k, v in values.items():
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError(f"{k}={v!r}: give a non-empty list of values")
+    keys = list(values)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
+
+
+def run_grid(points, run_one, sort_by: str | None = None, ascending: bool = True):
+    """Call ``run_one(point) -> dict of results`` for each point (a dict of settings) and return a
+    DataFrame: one row per point, settings then results, sorted by ``sort_by`` if given."""
+    import pandas as pd
+
+    rows = []
+    for point in points:
+        result = run_one(dict(point))
+        rows.append({**point, **result})
+    frame = pd.DataFrame(rows)
+    if sort_by is not None:
+        frame = frame.sort_values(sort_by, ascending=ascending, key=lambda s: s.map(
+            lambda x: math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else x))
+        frame = frame.reset_index(drop=True)
+    return frame
+
+
+def train_and_score(train_records, heldout_records, label: str = "run", eval_records=None,
+                    score_max_length: int = 256, **train_overrides) -> dict:
+    """Fine-tune a fresh copy of the default model on ``train_records`` (``labkit.train`` with
+    ``train_overrides``) and score it with :func:`reply_loss` on ``heldout_records``.
+    Returns the held-out loss, the training summary and the history."""
+    from .models import load_model
+    from .training import train
+
+    model, tok = load_model()
+    result = train(model, tok, train_records, eval_data=eval_records, live=False, label=label,
+                   **train_overrides)
+    heldout = reply_loss(result.model, tok, heldout_records, max_length=score_max_length)
+    return {"heldout_loss": heldout, **result.history.summary(), "history": result.history}
+
+
+def early_stop_step(evals: list[dict], patience: int, min_delta: float = 1e-4) -> int | None:
+    """The step at which early stopping with ``patience`` would stop (the rule ``labkit.train``
+    uses), or None if validation loss kept improving often enough."""
+    best, bad = math.inf, 0
+    for ev in evals:
+        if ev["eval_loss"] < best - min_delta:
+            best, bad = ev["eval_loss"], 0
+        else:
+            bad += 1
+            if bad >= patience:
+                return ev["step"]
+    return None
+
+
+def noise_widget(base_loss: float, clean_loss: float, noisy_losses: dict, small_n: int, large_n: int):
+    """A slider over the precomputed noise rates: held-out loss of the base model, the small clean
+    set and the ten-times-larger noisy set at the chosen rate. Returns an object with
+    ``.controls``, ``.figure`` and ``.widget``."""
+    import ipywidgets as W
+    import plotly.graph_objects as go
+
+    from .plots import COLORS
+
+    class NoiseWidget:
+        pass
+
+    rates = sorted(noisy_losses)
+    self = NoiseWidget()
+    self.controls = {"noise_rate": W.SelectionSlider(options=rates, value=rates[-1], description="noise rate")}
+    self.figure = go.FigureWidget(layout=dict(yaxis_title="held-out loss on replies (nats/token)",
+                                              height=360, margin=dict(l=60, r=20, t=70, b=50)))
+    self.figure.add_bar(x=[], y=[], marker_color=[COLORS["base"], COLORS["lora"], COLORS["after"]])
+
+    def update(*_):
+        rate = self.controls["noise_rate"].value
+        noisy = noisy_losses[rate]
+        labels = ["base model", f"{small_n} clean records", f"{large_n} records, {rate:.0%} noisy"]
+        winner = "the small clean set" if clean_loss < noisy else "the large noisy set"
+        with self.figure.batch_update():
+            self.figure.data[0].x, self.figure.data[0].y = labels, [base_loss, clean_loss, noisy]
+            self.figure.layout.title = f"At {rate:.0%} noise, {winner} gives the lower held-out loss"
+
+    self.controls["noise_rate"].observe(update, names="value")
+    update()
+    self.widget = W.VBox([self.controls["noise_rate"], self.figure])
+    return self

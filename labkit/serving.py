@@ -1,0 +1,336 @@
+"""Serve fine-tuned models: one base model in memory, many small LoRA adapters.
+
+    save_adapter(peft_model, "outputs/adapters/medical")       # adapter_model.safetensors + config
+    model = load_adapters(base, {"medical": p1, "legal": p2})  # validated first, then PEFT loads
+    model.set_adapter("legal")                                  # switch per request
+    mixed_batch_logits(model, tok, prompts, ["medical", "legal", "__base__"])  # one forward pass
+    serve(model, tok, requests)                                 # a small multi-tenant request loop
+    merged_equals_adapter(model, tok, prompts, "medical")       # merge_and_unload changes nothing
+
+Adapter files are checked before PEFT sees them (``validate_adapter``): a missing or unreadable
+``adapter_config.json``, a corrupt ``adapter_model.safetensors``, an adapter made for another base
+model or with shapes that do not fit raise :class:`AdapterError` naming the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class AdapterError(ValueError):
+    """An adapter folder that cannot be served; the message names the file and the problem."""
+
+
+# --- on disk ----------------------------------------------------------------------------------
+
+def dir_size_bytes(path) -> int:
+    """Bytes of all files under ``path`` (a file's own size if ``path`` is a file)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def save_full(model, tokenizer, path) -> Path:
+    """A full checkpoint (every weight, safetensors), as a full fine-tune must be shipped."""
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def save_adapter(peft_model, path, adapter_name: str | None = None) -> Path:
+    """Save one adapter (safetensors) into ``path`` itself. PEFT puts a non-default adapter in a
+    sub-folder named after it; this moves it so each adapter has its own folder."""
+    path = Path(path)
+    name = adapter_name or peft_model.active_adapter
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
+        peft_model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+        src = Path(tmp) if name == "default" else Path(tmp) / name
+        if path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(path))
+    path.chmod(0o755)  # a temporary folder is private (0700); an adapter folder is shared
+    return path
+
+
+# --- validation -------------------------------------------------------------------------------
+
+def _base_of(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _same_base(recorded: str | None, actual: str | None) -> bool:
+    """Names are compared by their last component (a hub id and a local copy of it agree)."""
+    if not recorded or not actual:
+        return True
+    def last(name):
+        return Path(str(name).rstrip("/")).name.lower()
+    return last(recorded) == last(actual)
+
+
+def validate_adapter(path, base_model, check_name: bool = True) -> dict:
+    """Check an adapter folder against the base model before loading it; return its config.
+
+    Checks: the folder and ``adapter_config.json`` exist and parse; the config names a base model
+    that matches (``check_name``); ``adapter_model.safetensors`` opens; every LoRA tensor belongs
+    to a module of the base model and has the shape that module needs."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(f"{path}: no such adapter folder")
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise AdapterError(f"{cfg_file}: missing (an adapter folder needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        config = json.loads(cfg_file.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{cfg_file}: not valid JSON ({e})") from None
+    if config.get("peft_type") not in (None, "LORA"):
+        raise AdapterError(f"{cfg_file}: peft_type={config.get('peft_type')!r}; only LoRA adapters are served here")
+    base = _base_of(base_model)
+    actual = getattr(base, "name_or_path", None) or getattr(base.config, "_name_or_path", None)
+    if check_name and not _same_base(config.get("base_model_name_or_path"), actual):
+        raise AdapterError(f"{cfg_file}: made for base model {config.get('base_model_name_or_path')!r}, "
+                           f"but the loaded base model is {actual!r}")
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise AdapterError(f"{weights}: missing (only safetensors adapters are loaded)")
+    modules = dict(base.named_modules())
+    try:
+        with safe_open(str(weights), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise AdapterError(f"{weights}: cannot be read as safetensors ({e})") from None
+    if not shapes:
+        raise AdapterError(f"{weights}: contains no tensors")
+    for key, shape in shapes.items():
+        for part in (".lora_A.", ".lora_B."):
+            if part not in key:
+                continue
+            module_name = key.split(part)[0].removeprefix("base_model.model.")
+            module = modules.get(module_name)
+            if module is None:
+                raise AdapterError(f"{weights}: tensor {key} is for module {module_name!r}, "
+                                   "which this base model does not have (another architecture?)")
+            in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
+            if in_f is None:
+                continue
+            wrong = (part == ".lora_A." and shape[-1] != in_f) or (part == ".lora_B." and shape[0] != out_f)
+            if wrong:
+                raise AdapterError(f"{weights}: tensor {key} has shape {list(shape)}, but module "
+                                   f"{module_name} is {in_f} -> {out_f} (adapter made for another model size?)")
+    return config
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def load_adapters(base_model, adapters: dict, check_name: bool = True):
+    """Attach every adapter ``{name: folder}`` to ``base_model`` (validated first); the first one
+    is active. Returns the ``PeftModel``. Adding adapters to a ``PeftModel`` works too."""
+    from peft import PeftModel
+
+    if not adapters:
+        raise ValueError("adapters is empty: pass {name: folder}")
+    for name, folder in adapters.items():
+        validate_adapter(folder, base_model, check_name=check_name)
+    model = base_model
+    for name, folder in adapters.items():
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(folder), adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
+    model.set_adapter(next(iter(adapters)))
+    model.eval()
+    return model
+
+
+def load_adapter_model(base_model, path, adapter_name: str = "default", check_name: bool = True):
+    """One adapter from disk onto a base model (validated first)."""
+    return load_adapters(base_model, {adapter_name: path}, check_name=check_name)
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+def _encode(tokenizer, prompts, chat: bool = True):
+    if chat and getattr(tokenizer, "chat_template", None):
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    tokenizer.padding_side = "left"
+    return tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+@torch.no_grad()
+def logits(model, tokenizer, prompts, adapter_names=None, chat: bool = True) -> torch.Tensor:
+    """The last position's logits for each prompt, shape (batch, vocab). With ``adapter_names``
+    (one per prompt; ``"__base__"`` for none) PEFT routes each row through its own adapter."""
+    batch = _encode(tokenizer, prompts, chat).to(next(model.parameters()).device)
+    kwargs = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
+    return model(**batch, **kwargs).logits[:, -1, :].float()
+
+
+def mixed_batch_logits(model, tokenizer, prompts, adapter_names, chat: bool = True) -> torch.Tensor:
+    """One forward pass, a different adapter per row."""
+    if len(prompts) != len(adapter_names):
+        raise ValueError(f"{len(prompts)} prompts but {len(adapter_names)} adapter_names")
+    known = set(model.peft_config) | {BASE}
+    unknown = set(adapter_names) - known
+    if unknown:
+        raise ValueError(f"adapter_names has unknown adapter(s) {sorted(unknown)}; loaded: {sorted(known)}")
+    return logits(model, tokenizer, prompts, adapter_names, chat)
+
+
+def per_adapter_logits(model, tokenizer, prompts, adapter_names, chat: bool = True) -> torch.Tensor:
+    """The same rows, one adapter at a time (``set_adapter``): the reference for a mixed batch."""
+    previous = model.active_adapter
+    rows = []
+    for prompt, name in zip(prompts, adapter_names):
+        if name == BASE:
+            with model.disable_adapter():
+                rows.append(logits(model, tokenizer, [prompt], chat=chat)[0])
+        else:
+            model.set_adapter(name)
+            rows.append(logits(model, tokenizer, [prompt], chat=chat)[0])
+    model.set_adapter(previous)
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, adapter_names=None, max_new_tokens: int = 20, chat: bool = True):
+    """Greedy replies; ``adapter_names`` gives each prompt its own adapter (PEFT mixed batch)."""
+    batch = _encode(tokenizer, prompts, chat).to(next(model.parameters()).device)
+    kwargs = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id, **kwargs)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# --- latency ----------------------------------------------------------------------------------
+
+def switch_latency(model, names, repeats: int = 20) -> dict:
+    """Median seconds for ``set_adapter`` to each adapter (it flips which weights are used;
+    nothing is copied)."""
+    times = {n: [] for n in names}
+    for _ in range(repeats):
+        for n in names:
+            t = time.perf_counter()
+            model.set_adapter(n)
+            times[n].append(time.perf_counter() - t)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def reload_latency(path, repeats: int = 3) -> float:
+    """Median seconds to load a full checkpoint from disk: the cost of "one model per customer"
+    when they do not all fit in memory."""
+    from transformers import AutoModelForCausalLM
+
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        m = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+        times.append(time.perf_counter() - t)
+        del m
+    return statistics.median(times)
+
+
+# --- a small multi-tenant service -------------------------------------------------------------
+
+def make_requests(prompts_by_adapter: dict, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` requests ``(adapter, prompt)`` in a random (seeded) order, as tenants would send them."""
+    import random
+
+    rng = random.Random(seed)
+    names = list(prompts_by_adapter)
+    return [(name, rng.choice(prompts_by_adapter[name])) for name in (rng.choice(names) for _ in range(n))]
+
+
+def serve(model, tokenizer, requests, max_new_tokens: int = 16, batch_size: int = 1,
+          max_requests: int = 100):
+    """Answer ``requests`` (a list of ``(adapter, prompt)``) in arrival order, ``batch_size`` at a
+    time: one request switches with ``set_adapter``; a batch of several is one mixed-adapter
+    ``generate``. Bounded by ``max_requests``. Returns ``(log, stats)`` DataFrames: one row per
+    request, and per adapter the count and median/95th-percentile latency in milliseconds."""
+    import pandas as pd
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be at least 1")
+    requests = list(requests)[:max_requests]
+    log, start = [], time.perf_counter()
+    for i in range(0, len(requests), batch_size):
+        chunk = requests[i:i + batch_size]
+        names, prompts = [c[0] for c in chunk], [c[1] for c in chunk]
+        t = time.perf_counter()
+        if batch_size == 1:
+            model.set_adapter(names[0])
+            replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+        else:
+            replies = generate(model, tokenizer, prompts, adapter_names=names, max_new_tokens=max_new_tokens)
+        done = time.perf_counter()
+        for name, prompt, reply in zip(names, prompts, replies):
+            log.append({"request": len(log), "adapter": name, "prompt": prompt, "reply": reply,
+                        "latency_ms": 1000 * (done - t), "finished_s": done - start})
+    log = pd.DataFrame(log)
+    stats = log.groupby("adapter")["latency_ms"].agg(
+        requests="count", median_ms="median", p95_ms=lambda s: s.quantile(0.95)).reset_index()
+    return log, stats
+
+
+# --- merging ----------------------------------------------------------------------------------
+
+def merged_equals_adapter(model, tokenizer, prompts, adapter_name: str, atol: float = 1e-4) -> dict:
+    """Merge ``adapter_name`` into a copy of the base weights (``merge_and_unload``) and compare
+    its logits with the adapter model's. The original model is left as it was."""
+    import copy
+
+    model.set_adapter(adapter_name)
+    with_adapter = logits(model, tokenizer, prompts)
+    clone = copy.deepcopy(model)
+    for other in [n for n in clone.peft_config if n != adapter_name]:
+        clone.delete_adapter(other)
+    merged = clone.merge_and_unload()
+    merged_logits = logits(merged, tokenizer, prompts)
+    diff = (with_adapter - merged_logits).abs().max().item()
+    same_top = bool((with_adapter.argmax(-1) == merged_logits.argmax(-1)).all())
+    return {"adapter": adapter_name, "max_abs_logit_diff": diff, "same_next_token": same_top,
+            "equal_within_atol": diff <= atol, "atol": atol, "merged_model": merged}
+
+
+def roundtrip(model, tokenizer, base_model, prompts, adapter_name: str, folder) -> dict:
+    """Save ``adapter_name``, load it onto a fresh ``base_model`` and compare logits bit for bit."""
+    model.set_adapter(adapter_name)
+    before = logits(model, tokenizer, prompts)
+    save_adapter(model, folder, adapter_name)
+    reloaded = load_adapter_model(base_model, folder, adapter_name)
+    after = logits(reloaded, tokenizer, prompts)
+    return {"adapter": adapter_name, "identical": bool(torch.equal(before, after)),
+            "max_abs_logit_diff": (before - after).abs().max().item(),
+            "size_bytes": dir_size_bytes(folder), "reloaded": reloaded}
+
+
+def find_adapters(root="outputs/adapters", names=("medical", "legal", "code")) -> dict:
+    """The adapter folders that exist under ``root`` (from notebooks 05 and 07), by name."""
+    root = Path(root)
+    return {n: root / n for n in names if (root / n / CONFIG_FILE).is_file()}
+
+
+def vllm_command(base_model: str, adapters: dict, max_lora_rank: int = 16) -> str:
+    """The command that serves the same adapters with vLLM's multi-LoRA server (not run here)."""
+    modules = " ".join(f"{n}={Path(p).resolve() if os.path.exists(p) else p}" for n, p in adapters.items())
+    return (f"vllm serve {base_model} \\\n  --enable-lora \\\n  --lora-modules {modules} \\\n"
+            f"  --max-loras {len(adapters)} --max-lora-rank {max_lora_rank}")

@@ -1,0 +1,99 @@
+"""The environment doctor: one line per requirement, and a failing line says how to fix it."""
+import importlib.metadata as md
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+from labkit import doctor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fake_versions(monkeypatch, versions):
+    real = md.version
+
+    def version(name):
+        if name in versions:
+            if versions[name] is None:
+                raise md.PackageNotFoundError(name)
+            return versions[name]
+        return real(name)
+
+    monkeypatch.setattr(doctor.md, "version", version)
+
+
+def test_a_too_old_library_fails_with_the_command_that_fixes_it(monkeypatch):
+    _fake_versions(monkeypatch, {"trl": "0.19.1"})
+    trl = next(c for c in doctor.package_checks() if c.name == "trl")
+    assert not trl.ok
+    line = trl.line()
+    assert line.startswith("[FAIL] trl: 0.19.1 (tested: ")
+    assert "fix: pip install 'trl<1.17,>=1.16'" in line or "fix: pip install 'trl>=1.16,<1.17'" in line
+
+
+def test_a_missing_library_fails_with_how_to_install_it(monkeypatch):
+    _fake_versions(monkeypatch, {"peft": None})
+    peft = next(c for c in doctor.package_checks() if c.name == "peft")
+    assert not peft.ok and "not installed" in peft.detail and "pip install 'peft" in peft.fix
+
+
+def test_ranges_come_from_pyproject_including_jupyterlab():
+    ranges = doctor.tested_ranges()
+    assert ranges["trl"] and "<" in ranges["trl"]
+    assert "jupyterlab" in ranges and "anywidget" in ranges
+    assert "jupyterlab" not in doctor.tested_ranges(extras=())
+
+
+def test_widget_front_ends_are_seen_and_a_missing_or_disabled_one_fails(monkeypatch):
+    checks = {c.name: c for c in doctor.widget_checks()}
+    for ext in doctor.FRONT_ENDS:
+        assert checks[f"front end: {ext}"].ok, checks[f"front end: {ext}"].line()
+
+    installed = doctor.labextensions()
+    monkeypatch.setattr(doctor, "labextensions", lambda: {k: v for k, v in installed.items() if k != "anywidget"})
+    monkeypatch.setattr(doctor, "disabled_labextensions", lambda: {"@jupyter-widgets/jupyterlab-manager"})
+    checks = {c.name: c for c in doctor.widget_checks()}
+    missing, disabled = checks["front end: anywidget"], checks["front end: @jupyter-widgets/jupyterlab-manager"]
+    assert not missing.ok and "pip install --force-reinstall --no-deps anywidget" in missing.fix
+    assert not disabled.ok and "jupyter labextension enable @jupyter-widgets/jupyterlab-manager" in disabled.fix
+
+
+def test_disabled_extensions_are_read_from_page_config(tmp_path, monkeypatch):
+    (tmp_path / "labconfig").mkdir()
+    (tmp_path / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"anywidget": True, "other": False}}))
+    import jupyter_core.paths
+
+    monkeypatch.setattr(jupyter_core.paths, "jupyter_config_path", lambda: [str(tmp_path)])
+    assert doctor.disabled_labextensions() == {"anywidget"}
+
+
+def test_in_colab_the_front_end_is_colabs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    names = [c.name for c in doctor.widget_checks()]
+    assert "widgets: front end" in names and not any(n.startswith("front end:") for n in names)
+    assert "jupyterlab" not in {c.name for c in doctor.package_checks()}
+
+
+def test_report_prints_one_line_per_check_and_the_tally(capsys):
+    checks = [doctor.Check("a", True, "fine"), doctor.Check("b", False, "broken", "do this")]
+    assert doctor.report(checks) is False
+    out = capsys.readouterr().out
+    assert "[OK] a: fine" in out and "[FAIL] b: broken" in out and "fix: do this" in out
+    assert "1 passed, 1 failed" in out
+
+
+def test_command_line_doctor_passes_here():
+    run = subprocess.run([sys.executable, "-m", "labkit", "doctor"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for needle in ("[OK] transformers", "[OK] trl", "[OK] peft", "device", "profile", "model cache",
+                   "free disk", "free memory", "front end: anywidget"):
+        assert needle in run.stdout, needle
+
+
+def test_notebook_00_calls_the_doctor():
+    nb = nbformat.read(ROOT / "notebooks" / "00_start_here.ipynb", as_version=4)
+    assert any("doctor.report()" in c.source for c in nb.cells if c.cell_type == "code")

@@ -1,0 +1,72 @@
+"""Domain corpora, per-domain perplexity, sense shares and the pick-a-domain widget."""
+import math
+
+import pytest
+
+from labkit import domains
+
+
+def test_domain_split_is_deterministic_disjoint_and_complete():
+    for d in domains.DOMAINS:
+        train, held = domains.domain_split(d, heldout=10, seed=1)
+        assert len(held) == 10 and not set(train) & set(held)
+        assert sorted(train + held) == sorted(domains.load_domain(d))
+        assert domains.domain_split(d, heldout=10, seed=1)[1] == held
+    with pytest.raises(ValueError, match="domain='finance'"):
+        domains.load_domain("finance")
+    with pytest.raises(ValueError, match="heldout=0"):
+        domains.domain_split("legal", heldout=0)
+
+
+def test_each_corpus_uses_its_word_and_probes_cover_every_domain():
+    for d, word in domains.DOMAINS.items():
+        assert sum(word in t.lower() for t in domains.load_domain(d)) >= 50
+        probes = domains.load_probes(d)
+        assert {p["word"] for p in probes} == {word}
+        assert domains.TARGET_SENSE[d] in {p["sense"] for p in probes}
+
+
+def test_sense_shares_sum_to_one_per_shared_prompt(toy):
+    model, tok = toy
+    table = domains.sense_table(model, tok, domains.load_probes("medical"))
+    shared = table.dropna(subset=["share"])
+    assert len(shared) > 0 and table["share"].isna().any()  # sense-specific prompts have no share
+    for _, group in shared.groupby("prompt"):
+        assert math.isclose(group["share"].sum(), 1.0, rel_tol=1e-6)
+    cmp = domains.compare_senses(table, table)
+    assert set(cmp["sense"]) == {"medical", "electrical"} and (cmp["share_change"].abs() < 1e-12).all()
+
+
+def test_domain_perplexities_on_the_toy_model(toy):
+    model, tok = toy
+    ppl = domains.domain_perplexities(model, tok, {"code": ["def add(a, b):\n    return a + b"]})
+    assert set(ppl) == {"code"} and ppl["code"] > 1
+
+
+def _fake_table(share_medical):
+    import pandas as pd
+
+    rows = []
+    for word, senses, share in [("discharge", ("medical", "electrical"), share_medical),
+                                ("motion", ("legal", "physical"), 0.5)]:
+        rows += [{"word": word, "sense": senses[0], "prompt": word, "continuation": " a",
+                  "logprob": math.log(share), "share": share},
+                 {"word": word, "sense": senses[1], "prompt": word, "continuation": " b",
+                  "logprob": math.log(1 - share), "share": 1 - share}]
+    return pd.DataFrame(rows)
+
+
+def test_probe_explorer_redraws_when_the_domain_changes():
+    results = {"medical": {"before": _fake_table(0.3), "after": _fake_table(0.8),
+                           "perplexity_before": 20.0, "perplexity_after": 9.0},
+               "legal": {"before": _fake_table(0.3), "after": _fake_table(0.3)}}
+    ex = domains.probe_explorer(results)
+    after = dict(zip(ex.figure.data[1].x, ex.figure.data[1].y))
+    assert after["discharge: medical"] == pytest.approx(0.8)
+    assert "30% → 80%" in ex.figure.layout.title.text and "20.0 → 9.0" in ex.figure.layout.title.text
+    ex.domain.value = "legal"
+    after = dict(zip(ex.figure.data[1].x, ex.figure.data[1].y))
+    assert after["discharge: medical"] == pytest.approx(0.3)
+    assert ex.figure.layout.title.text.startswith("After tuning on legal")
+    with pytest.raises(ValueError, match="lacks"):
+        domains.probe_explorer({"code": {"before": _fake_table(0.5)}})

@@ -1,0 +1,214 @@
+"""Export an experiment as a standalone accelerate job: files, configs, refusals, and a real
+two-process run of the exported script."""
+import ast
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from labkit.export import TARGETS, export_job, launch_command
+from labkit.training import TrainConfig
+
+MEDICAL = "domains/medical.jsonl"
+
+
+@pytest.fixture(scope="module")
+def toy_folder(tmp_path_factory):
+    """The toy model saved as a model folder (the exporter reads only its config)."""
+    from labkit.toy import toy_model
+
+    model, tok = toy_model()
+    folder = tmp_path_factory.mktemp("toy-model")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def exported(toy_folder, tmp_path_factory):
+    cfg = TrainConfig(method="dora", learning_rate=1e-4, steps=50, batch_size=4, max_length=128,
+                      schedule="cosine", warmup_steps=5, lora_r=4, seed=7)
+    return export_job(cfg, model=toy_folder, data=MEDICAL, out_dir=tmp_path_factory.mktemp("job") / "medical")
+
+
+def test_export_writes_a_standalone_job(exported):
+    folder = exported.folder
+    for name in ("train.py", "job.json", "README.md", "data/medical.jsonl",
+                 *(f"accelerate/{t}.yaml" for t in TARGETS)):
+        assert (folder / name).is_file(), name
+    job = json.loads((folder / "job.json").read_text())
+    assert (job["method"], job["learning_rate"], job["max_steps"], job["batch_size"], job["max_length"],
+            job["schedule"], job["warmup_steps"], job["lora_r"], job["seed"]) == \
+        ("dora", 1e-4, 50, 4, 128, "cosine", 5, 4, 7)
+    assert job["data"] == "data/medical.jsonl" and job["mixed_precision"] == "bf16"
+    source = (folder / "train.py").read_text()
+    imported = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+                for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}
+    assert imported <= {"argparse", "json", "os", "time", "pathlib", "torch", "accelerate", "datasets",
+                        "peft", "transformers", "trl"}, imported
+    assert "SFTTrainer" in source and "LoraConfig" in source
+    readme = exported.readme
+    for target in TARGETS:
+        assert launch_command(target, 2) in readme
+    assert "--multi_gpu --num_processes 2" in readme and "machine_rank" in readme
+
+
+def test_accelerate_configs_pass_accelerates_own_loading(exported, monkeypatch):
+    """Each YAML loads with accelerate's config loader; FSDP and ZeRO-3 go further, through the
+    launcher's argument merging into the plugins the training processes would build (DeepSpeed
+    itself is not needed for that)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser, prepare_multi_gpu_env
+    from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    paths = {t: str(exported.folder / "accelerate" / f"{t}.yaml") for t in TARGETS}
+    expected = {"ddp": DistributedType.MULTI_GPU, "fsdp": DistributedType.FSDP,
+                "deepspeed_zero3": DistributedType.DEEPSPEED}
+    known = {a.dest for a in launch_command_parser()._actions}
+    for target, path in paths.items():
+        config = load_config_from_file(path)
+        assert config.distributed_type == expected[target] and config.mixed_precision == "bf16"
+        assert config.num_machines == 1 and config.num_processes == 2
+        unknown = [k for k in {**config.fsdp_config, **config.deepspeed_config} if k not in known]
+        assert not unknown, f"{target}: keys accelerate launch does not know: {unknown}"
+
+    def launcher_args(path):
+        args = launch_command_parser().parse_args(["--config_file", path, "train.py"])
+        args, defaults, _ = _validate_launch_command(args)
+        return args, defaults
+
+    args, _ = launcher_args(paths["fsdp"])
+    for key, value in prepare_multi_gpu_env(args).items():
+        if key.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(key, value)
+    fsdp = FullyShardedDataParallelPlugin()
+    assert fsdp.fsdp_version == 2 and fsdp.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+    assert fsdp.cpu_ram_efficient_loading and fsdp.state_dict_type.name == "FULL_STATE_DICT"
+
+    args, defaults = launcher_args(paths["deepspeed_zero3"])
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    _, env = prepare_deepspeed_cmd_env(args)
+    for key, value in env.items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    ds = DeepSpeedPlugin().deepspeed_config
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert ds["gradient_clipping"] == exported.job["max_grad_norm"]
+    assert ds["gradient_accumulation_steps"] == exported.job["gradient_accumulation_steps"]
+
+
+def test_bad_configs_are_refused_before_anything_is_written(toy_folder, tmp_path):
+    out = tmp_path / "job"
+    with pytest.raises(ValueError, match="method='sft'.*choose one of"):
+        export_job(TrainConfig(method="sft"), model=toy_folder, data=MEDICAL, out_dir=out)
+    with pytest.raises(ValueError, match="method"):
+        export_job({"method": "adapter"}, model=toy_folder, data=MEDICAL, out_dir=out)
+    with pytest.raises(ValueError, match="data='domains/nursing.jsonl': no such file"):
+        export_job(TrainConfig(), model=toy_folder, data="domains/nursing.jsonl", out_dir=out)
+    with pytest.raises(ValueError, match="'preference' format"):
+        export_job(TrainConfig(), model=toy_folder, data="preferences.jsonl", out_dir=out)
+    assert not out.exists()
+    export_job(TrainConfig(), model=toy_folder, data=MEDICAL, out_dir=out)
+    with pytest.raises(ValueError, match="not empty"):
+        export_job(TrainConfig(), model=toy_folder, data=MEDICAL, out_dir=out)
+
+
+def test_a_model_that_does_not_fit_the_gpu_is_refused(tmp_path):
+    """A Llama-2-7B-shaped model (only its config.json: the exporter never reads weights):
+    full fine-tuning (16 bytes a parameter, about 100 GiB) is refused on a 24 GiB GPU, QLoRA
+    of the same model is accepted."""
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "llama-7b-shape"
+    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32000).save_pretrained(folder)
+    small = dict(batch_size=1, max_length=512)
+    with pytest.raises(ValueError, match=r"method='full' needs about \d+\.\d GiB per GPU.*gpu_gb=24"):
+        export_job(TrainConfig(method="full", **small), model=str(folder), data=MEDICAL,
+                   out_dir=tmp_path / "full", gpu_gb=24)
+    job = export_job(TrainConfig(method="qlora", **small), model=str(folder), data=MEDICAL,
+                     out_dir=tmp_path / "qlora", gpu_gb=24)
+    assert job.estimate["fits"] and job.estimate["total_gb"] < 24
+    assert job.estimate["breakdown"].total_params > 6.5e9
+    assert "Memory estimate per GPU" in job.readme
+
+
+def test_command_line_export_and_refusal(toy_folder, tmp_path, capsys):
+    from labkit.__main__ import main
+
+    cfg = tmp_path / "cfg.json"
+    TrainConfig(method="lora", steps=10).save(cfg)
+    assert main(["export", "--config", str(cfg), "--model", toy_folder, "--data", "instructions.jsonl",
+                 "--out", str(tmp_path / "job"), "--no-copy-data"]) == 0
+    assert "accelerate launch --config_file accelerate/ddp.yaml" in capsys.readouterr().out
+    job = json.loads((tmp_path / "job" / "job.json").read_text())
+    assert os.path.isabs(job["data"]) and job["max_steps"] == 10
+    assert main(["export", "--model", toy_folder, "--data", "missing.jsonl", "--out", str(tmp_path / "j2")]) == 2
+    assert "export refused: data='missing.jsonl': no such file" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.model
+def test_exported_job_runs_on_two_processes_and_its_adapter_changes_the_model(tmp_path):
+    """The real default model, LoRA, 2 steps of batch 1 x 32 tokens on each of two CPU processes
+    (DDP over gloo), launched exactly as the README says; then the saved adapter is loaded back
+    with PEFT, as a notebook would, and must change the next-token logits."""
+    import torch
+    from peft import PeftModel
+
+    from labkit import load_model
+
+    job = export_job(TrainConfig(method="lora", learning_rate=1e-3, seed=0), data=MEDICAL,
+                     out_dir=tmp_path / "medical")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "train.py",
+           "--max-steps", "2", "--batch-size", "1", "--max-length", "32", "--mixed-precision", "no"]
+    run = subprocess.run(cmd, cwd=job.folder, env=env, capture_output=True, text=True, timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "[process 0 of 2]" in log and "[process 1 of 2]" in log and "backend gloo" in log
+
+    out = job.folder / job.job["output_dir"]
+    report = json.loads((out / "run_report.json").read_text())
+    assert report["world_size"] == 2 and report["distributed_type"].endswith("MULTI_CPU")
+    assert report["steps"] == 2 and len(report["losses"]) == 2
+    assert (out / "adapter_model.safetensors").is_file()
+
+    model, tok = load_model()
+    tuned = PeftModel.from_pretrained(model, str(out)).eval()
+    inputs = tok("The patient was discharged on", return_tensors="pt")
+    with torch.no_grad():
+        after = tuned(**inputs).logits[0, -1]
+        with tuned.disable_adapter():
+            before = tuned(**inputs).logits[0, -1]
+    assert (after - before).abs().max().item() > 1e-3
+
+
+def test_every_keyword_the_exported_script_passes_still_exists():
+    """The API drift check (tests/test_api_drift.py) applied to the template of train.py."""
+    import importlib.util
+    from pathlib import Path
+
+    from labkit.export import TEMPLATES
+
+    spec = importlib.util.spec_from_file_location("api_drift", Path(__file__).with_name("test_api_drift.py"))
+    drift = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(drift)  # (registered first: it defines dataclasses)
+    calls = drift.library_calls((TEMPLATES / "train.py").read_text(), "labkit/templates/train.py")
+    assert {"SFTConfig", "SFTTrainer", "LoraConfig", "BitsAndBytesConfig"} <= {c.target for c in calls}
+    found = drift.problems(calls)
+    assert not found, "\n".join(found)

@@ -1,0 +1,125 @@
+"""Forgetting: probe scoring and perplexity against hand-computed values on a toy model, the
+measurement bundle, replay mixing proportions, the frontier comparison and the widget."""
+import math
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F_
+
+from labkit import forgetting as F
+from labkit.predictions import perplexity
+from labkit.probes import cloze_accuracy, cloze_correct
+
+
+def test_perplexity_by_hand(toy):
+    model, tok = toy
+    text = "The capital of France is Paris."
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    logp = F_.log_softmax(logits[:-1].float(), -1)
+    nll = -sum(float(logp[i, ids[0, i + 1]]) for i in range(ids.shape[1] - 1))
+    assert perplexity(model, tok, [text], max_length=64) == pytest.approx(math.exp(nll / (ids.shape[1] - 1)), rel=1e-5)
+
+
+def test_cloze_scoring_by_hand(toy):
+    model, tok = toy
+    prompt = "The quick brown"
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        greedy = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+    right, wrong = tok.decode([greedy]), tok.decode([(greedy + 1) % len(tok)])
+    if tok(right, add_special_tokens=False)["input_ids"] != [greedy]:
+        pytest.skip("greedy token does not round-trip through decode")
+    assert cloze_correct(model, tok, prompt, right)
+    items = [{"prompt": prompt, "answer": right}, {"prompt": prompt, "answer": wrong}]
+    assert cloze_accuracy(model, tok, items) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 0.75])
+def test_replay_mixing_proportions(share):
+    domain = [{"text": f"d{i}"} for i in range(40)]
+    general = [{"text": f"g{i}"} for i in range(100)]
+    mixed = F.mix_replay(domain, general, share, seed=1)
+    kinds = Counter(r["text"][0] for r in mixed)
+    assert len(mixed) == 40 and kinds["g"] == round(share * 40)
+    assert len({r["text"] for r in mixed if r["text"][0] == "g"}) == kinds["g"]  # no repeats when enough
+
+
+def test_replay_bad_share_and_small_pool():
+    with pytest.raises(ValueError, match="share"):
+        F.mix_replay([{"text": "a"}], [{"text": "b"}], 1.0)
+    mixed = F.mix_replay([{"text": "d"}] * 10, [{"text": "g"}], 0.5)
+    assert sum(r["text"] == "g" for r in mixed) == 5  # drawn with replacement from a small pool
+
+
+def test_probes_are_disjoint_and_fixed():
+    probes, domain_train, pool = F.forgetting_probes(n_domain_eval=5, n_knowledge=10, n_general_eval=7)
+    again, _, _ = F.forgetting_probes(n_domain_eval=5, n_knowledge=10, n_general_eval=7)
+    assert probes.to_dict() == again.to_dict()
+    assert not set(probes.domain_eval) & {r["text"] for r in domain_train}
+    assert not set(probes.general_eval) & {r["text"] for r in pool}
+    assert len(probes.knowledge) == 10 and {p["word"] for p in probes.senses} == {"function"}
+    assert {p["sense"] for p in probes.senses} == {"code", "social", "mathematical"}
+    with pytest.raises(ValueError, match="n_knowledge"):
+        F.forgetting_probes(n_knowledge=0)
+
+
+def _toy_probes(tok_text):
+    return F.ForgettingProbes(
+        domain_eval=["def add(a, b):\n    return a + b"], general_eval=["The quick brown fox jumps."],
+        knowledge=[{"prompt": "The capital of France is", "answer": " Paris"}],
+        senses=[{"word": "function", "sense": "code", "prompt": "The function", "continuation": " add"},
+                {"word": "function", "sense": "social", "prompt": "The function", "continuation": " hall"},
+                {"word": "function", "sense": "social", "prompt": "The guests left the function", "continuation": " at one"}],
+        max_length=32)
+
+
+def test_measure_compare_and_sense_shift(toy):
+    model, tok = toy
+    probes = _toy_probes(None)
+    m = F.measure(model, tok, probes)
+    assert m["domain_loss"] == pytest.approx(math.log(m["domain_ppl"]))
+    assert m["general_ppl"] == pytest.approx(perplexity(model, tok, probes.general_eval, 32))
+    assert len(m["senses"]) == 3
+    worse = {**m, "domain_loss": m["domain_loss"] - 0.5, "knowledge_acc": m["knowledge_acc"],
+             "general_ppl": m["general_ppl"] * 1.1}
+    d = F.compare(m, worse)
+    assert d["domain_gain"] == pytest.approx(0.5) and d["general_ppl_change"] == pytest.approx(0.1)
+    shifted = {"senses": [{**s, "logprob": s["logprob"] - 1.0} for s in m["senses"]]}
+    table = F.sense_shift(m, shifted)
+    assert set(table["context"]) == {"neutral prompt", "sense-specific prompt"}
+    assert all(table["change"].round(6) == -1.0)
+    assert F.neutral_winners(m).index.tolist() == ["The function"]
+
+
+def test_matched_comparison_interpolates_the_full_ft_frontier():
+    full = [{"domain_gain": 0.0, "knowledge_drop": 0.0, "general_ppl_change": 0.0, "learning_rate": 1e-5},
+            {"domain_gain": 1.0, "knowledge_drop": 0.2, "general_ppl_change": 0.4, "learning_rate": 1e-4}]
+    lora = {"label": "lora", "domain_gain": 0.5, "knowledge_drop": 0.05, "general_ppl_change": 0.1}
+    m = F.matched_comparison(full, lora)
+    assert m["inside"] and m["full_knowledge_drop"] == pytest.approx(0.1)
+    assert m["full_general_ppl_change"] == pytest.approx(0.2)
+    assert not F.matched_comparison(full, {**lora, "domain_gain": 2.0})["inside"]
+    fig = F.frontier_figure([{**r, "method": "full"} for r in full] + [{**lora, "method": "lora", "learning_rate": 1e-3}])
+    assert len(fig.data) == 4 and "1e-05" in fig.layout.title.text
+
+
+def test_forgetting_lab_runs_and_redraws(toy, toy_text):
+    from labkit.toy import toy_model
+
+    model, tok = toy
+    probes = _toy_probes(None)
+    before = F.measure(model, tok, probes)
+    lab = F.ForgettingLab(lambda: toy_model(seed=0), toy_text, probes, before, replay_pool=toy_text[:2],
+                          learning_rate=1e-3, steps=2, batch_size=4, max_length=32)
+    lab.replay.value = 0.5
+    lab.lr.value = 1e-2
+    assert lab.config()["learning_rate"] == pytest.approx(1e-2) and lab.config()["replay_share"] == 0.5
+    row = lab.run()
+    assert row["replay_share"] == 0.5 and row["config"]["learning_rate"] == pytest.approx(1e-2)
+    assert len(lab.figure.data) == 2 and "replay" in lab.figure.data[1].name
+    assert {"domain_gain", "knowledge_drop", "general_ppl_change"} <= set(row)
+    import json
+    json.dumps(row)  # results carry their config and are serialisable

@@ -1,0 +1,138 @@
+"""RLHF helpers: sampling, reward scores and accuracy, and each TRL stage for a step on toy models."""
+import json
+
+import pytest
+import torch
+
+from labkit import rlhf
+
+PAIRS = [
+    {"prompt": "What is a fjord?", "chosen": "A sea inlet.", "rejected": "Well, so, fjords, let me think, hmm, it is a long story."},
+    {"prompt": "What is rain?", "chosen": "Water falling.", "rejected": "Rain, you know, is kind of, like, a big topic really."},
+    {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Oh, colours! There are so many, and honestly I love them all."},
+    {"prompt": "Two plus two?", "chosen": "Four.", "rejected": "Let me start by saying that arithmetic is a wonderful thing."},
+]
+
+
+def toy_reward_model(tok, seed=0):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         num_labels=1, pad_token_id=tok.pad_token_id)
+    return LlamaForSequenceClassification(config).eval()
+
+
+def tiny_cfg(**kw):
+    return rlhf.RLHFConfig(reward_steps=2, reward_batch_size=2, reward_max_length=48, policy_steps=1,
+                           num_generations=2, prompts_per_step=1, max_completion_length=6, dpo_steps=1,
+                           dpo_batch_size=2, dpo_max_length=48, lora_r=2, lora_alpha=4, **kw).validate()
+
+
+def test_pairwise_accuracy_hand_made_case():
+    # pair 1 right, pair 2 wrong, pair 3 a tie (half), pair 4 right: (1 + 0 + 0.5 + 1) / 4
+    assert rlhf.pairwise_accuracy([2.0, -1.0, 0.3, 5.0], [1.0, 0.0, 0.3, -5.0]) == pytest.approx(0.625)
+    with pytest.raises(ValueError):
+        rlhf.pairwise_accuracy([1.0], [])
+
+
+def test_reward_accuracy_against_a_hand_made_scorer(toy, monkeypatch):
+    """A scorer that rewards brevity (minus the word count) gets every shipped-style pair right;
+    one that rewards length gets every pair wrong."""
+    _, tok = toy
+
+    def brevity(model, tok, prompts, responses, max_length=None, batch_size=8):
+        return [-float(len(r.split())) for r in responses]
+
+    monkeypatch.setattr(rlhf, "reward_scores", brevity)
+    got = rlhf.reward_accuracy(None, tok, PAIRS)
+    assert got["accuracy"] == 1.0 and got["pairs"] == 4 and got["mean_margin"] > 0
+    monkeypatch.setattr(rlhf, "reward_scores", lambda m, t, p, r, *a, **k: [float(len(x)) for x in r])
+    assert rlhf.reward_accuracy(None, tok, PAIRS)["accuracy"] == 0.0
+
+
+def test_reward_scores_do_not_depend_on_batching_or_padding(toy):
+    _, tok = toy
+    rm = toy_reward_model(tok)
+    prompts = [p["prompt"] for p in PAIRS]
+    responses = [p["rejected"] if i % 2 else p["chosen"] for i, p in enumerate(PAIRS)]
+    batched = rlhf.reward_scores(rm, tok, prompts, responses, max_length=64, batch_size=4)
+    single = [rlhf.reward_scores(rm, tok, [p], [r], max_length=64)[0] for p, r in zip(prompts, responses)]
+    assert batched == pytest.approx(single, abs=1e-4)
+    ids = rlhf.reward_input_ids(tok, "What is rain?", "Water falling.", max_length=10)
+    assert len(ids) == 10
+
+
+def test_config_validates_and_serialises():
+    from labkit import profile
+
+    cfg = rlhf.RLHFConfig.for_profile(profile("smoke"))
+    assert json.loads(json.dumps(cfg.to_dict()))["seed"] == 0
+    with pytest.raises(ValueError, match="num_generations"):
+        rlhf.RLHFConfig(num_generations=1).validate()
+    with pytest.raises(ValueError, match="dpo_steps"):
+        rlhf.RLHFConfig(dpo_steps=0).validate()
+    with pytest.raises(ValueError, match="temperature"):
+        rlhf.RLHFConfig(temperature=0.0).validate()
+
+
+def test_sample_responses_shape_and_checks(toy):
+    model, tok = toy
+    samples = rlhf.sample_responses(model, tok, ["Hi?", "Name a colour."], n=3, max_new_tokens=4)
+    assert [s["prompt"] for s in samples] == ["Hi?", "Name a colour."]
+    assert all(len(s["responses"]) == 3 and all(isinstance(r, str) for r in s["responses"]) for s in samples)
+    with pytest.raises(ValueError, match="n=1"):
+        rlhf.sample_responses(model, tok, ["Hi?"], n=1)
+    with pytest.raises(ValueError, match="temperature"):
+        rlhf.sample_responses(model, tok, ["Hi?"], temperature=0)
+
+
+def test_train_reward_model_runs_and_returns_a_plain_model(toy):
+    _, tok = toy
+    rm = toy_reward_model(tok)
+    result = rlhf.train_reward_model(rm, tok, PAIRS, tiny_cfg(), live=False)
+    assert result.stopped == "finished" and [r["step"] for r in result.rows] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.rows)
+    assert not hasattr(result.model, "peft_config")  # merged: plain weights
+    assert len(rlhf.reward_scores(result.model, tok, ["Hi?"], ["Hello."])) == 1
+
+
+def test_grpo_logs_reward_and_kl(toy):
+    policy, tok = toy
+    rm = toy_reward_model(tok, seed=1)
+    result = rlhf.optimise_policy(policy, tok, rm, [p["prompt"] for p in PAIRS], tiny_cfg(), live=False)
+    assert result.stopped == "finished" and len(result.rows) == 1
+    assert {"reward", "kl", "completions/mean_length"} <= set(result.rows[0])
+    assert len(result.curves.figure.data[0].y) == 1  # the live curve got its point
+
+
+def test_dpo_runs_a_step(toy):
+    policy, tok = toy
+    result = rlhf.train_dpo(policy, tok, PAIRS, tiny_cfg(), live=False)
+    assert result.stopped == "finished" and len(result.rows) == 1
+    assert "rewards/margins" in result.rows[0]
+
+
+def test_compare_policies_and_reward_widget(toy):
+    policy, tok = toy
+    rm = toy_reward_model(tok)
+    summary, table = rlhf.compare_policies({"base": policy}, tok, rm, tok, ["Hi?", "Name a colour."],
+                                           max_new_tokens=4, train_times={"base": 0.0})
+    assert list(summary["method"]) == ["base"] and len(table) == 2
+    assert rlhf.comparison_figure(summary).layout.title.text.startswith("On held-out prompts")
+
+    w = rlhf.reward_widget(rm, tok, prompt="Hi?", a="Hello.", b="Well, hello there, friend.")
+    before = tuple(w.figure.data[0].y)
+    w.response_b.value = "Bye."
+    after = tuple(w.figure.data[0].y)
+    assert before[0] == pytest.approx(after[0]) and before[1] != after[1]
+    assert "prefers" in w.figure.layout.title.text
+
+
+@pytest.mark.model
+def test_real_reward_model_has_one_output_and_a_pad_token():
+    model, tok = rlhf.load_reward_model()
+    assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
+    scores = rlhf.reward_scores(model, tok, ["What is rain?"] * 2, ["Water falling from clouds.", "Hmm."])
+    assert len(scores) == 2 and all(map(lambda s: s == s, scores))
