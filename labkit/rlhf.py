@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from .memory import PeakMemory
 from .models import OFFLINE_MODEL, pick_device, resolve
 from .reproducibility import set_seed
-from .training import History, HistoryCallback, LiveLossPlot, NonFiniteLoss, in_notebook
+from .training import History, HistoryCallback, LiveLossPlot, NonFiniteLoss, guarded, in_notebook
 from .plots import FigureWidget
 
 METHOD_COLORS = {"base": "#7f7f7f", "GRPO": "#17becf", "DPO": "#e377c2", "reward": "#ff7f0e",
@@ -272,21 +272,6 @@ def _common_args(cfg: RLHFConfig, out: str, steps: int, lr: float, device: str) 
                 logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=cfg.seed,
                 data_seed=cfg.seed, use_cpu=device == "cpu", bf16=cfg.mixed_precision == "bf16",
                 fp16=cfg.mixed_precision == "fp16", dataloader_num_workers=0)
-
-
-def guarded(trainer_cls):
-    """``trainer_cls`` that stops before applying an update computed from a non-finite loss."""
-    class Guarded(trainer_cls):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                       num_items_in_batch=num_items_in_batch)
-            loss = out[0] if return_outputs else out
-            if model.training and not torch.isfinite(loss.detach()).all():
-                raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
-            return out
-
-    Guarded.__name__ = f"Guarded{trainer_cls.__name__}"
-    return Guarded
 
 
 class LogRows(TrainerCallback):

@@ -314,14 +314,16 @@ def loss_mask(model, tokenizer, record: dict, max_length: int = 128) -> list[dic
     record conversion, chat template, EOS handling, truncation and collator); nothing is trained."""
     import tempfile
 
-    from .training import TrainConfig, _guarded_trainer_class, as_trl_dataset, sft_config
+    from trl import SFTTrainer
+
+    from .training import TrainConfig, as_trl_dataset, sft_config
 
     dataset = as_trl_dataset([record])
     cfg = TrainConfig(method="full", steps=1, batch_size=1, max_length=max_length, mixed_precision="no").validate()
     with tempfile.TemporaryDirectory(prefix="labkit-mask-") as out:
         device = next(model.parameters()).device.type
-        trainer = _guarded_trainer_class()(model=model, args=sft_config(cfg, out, False, device),
-                                           train_dataset=dataset, processing_class=tokenizer)
+        trainer = SFTTrainer(model=model, args=sft_config(cfg, out, False, device),
+                             train_dataset=dataset, processing_class=tokenizer)
         batch = trainer.data_collator([trainer.train_dataset[0]])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     return [{"token": tokenizer.decode([i]), "id": i, "in_loss": lab != -100} for i, lab in zip(ids, labels)]

@@ -337,12 +337,10 @@ class LiveLossPlot:
 
 # --- the trainer ------------------------------------------------------------------------------
 
-def _guarded_trainer_class():
-    from trl import SFTTrainer
-
-    class GuardedSFTTrainer(SFTTrainer):
-        """SFTTrainer that refuses to apply an update computed from a non-finite loss."""
-
+def guarded(trainer_cls):
+    """``trainer_cls`` (any TRL/transformers trainer) that refuses to apply an update computed from
+    a non-finite loss: it raises :class:`NonFiniteLoss` before the backward pass."""
+    class Guarded(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                        num_items_in_batch=num_items_in_batch)
@@ -351,7 +349,8 @@ def _guarded_trainer_class():
                 raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
             return out
 
-    return GuardedSFTTrainer
+    Guarded.__name__ = f"Guarded{trainer_cls.__name__}"
+    return Guarded
 
 
 def sft_config(cfg: TrainConfig, output_dir: str, has_eval: bool, device: str):
@@ -414,7 +413,9 @@ def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_
     progress = ProgressCallback(cfg.steps, label)
 
     with tempfile.TemporaryDirectory(prefix="labkit-train-") as out, PeakMemory() as memory:
-        trainer = _guarded_trainer_class()(
+        from trl import SFTTrainer
+
+        trainer = guarded(SFTTrainer)(
             model=model, args=sft_config(cfg, out, eval_ds is not None, device),
             train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
             callbacks=[HistoryCallback(history, memory, cfg.early_stopping_patience, on_row=plot),

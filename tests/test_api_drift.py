@@ -191,6 +191,9 @@ def library_calls(source: str, file: str = "<string>") -> list[LibraryCall]:
                 return text, [local_bases[func.id]]
         if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id in returns_class:
             return text, [returns_class[func.func.id]]
+        if (isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "guarded"
+                and func.args and isinstance(func.args[0], ast.Name) and func.args[0].id in imports):
+            return text, [imports[func.args[0].id]]   # labkit.training.guarded(Trainer) subclasses it
         if isinstance(func, ast.Attribute):
             base = func.value
             if isinstance(base, ast.Name):
@@ -282,11 +285,12 @@ def test_the_drift_check_sees_labkits_main_calls(all_calls):
     """Guard against a checker that silently finds nothing."""
     targets = {c.target for c in all_calls}
     for expected in ("SFTConfig", "LoraConfig", "BitsAndBytesConfig", "AutoModelForCausalLM.from_pretrained",
-                     "AutoTokenizer.from_pretrained", "_guarded_trainer_class()"):
+                     "AutoTokenizer.from_pretrained", "guarded(SFTTrainer)",
+                     "guarded(RewardTrainer)", "guarded(GRPOTrainer)", "guarded(DPOTrainer)"):
         assert expected in targets, f"the drift check no longer sees labkit's {expected}(...) call"
     keywords = {k for c in all_calls if c.target == "AutoModelForCausalLM.from_pretrained" for k in c.keywords}
     assert {"gguf_file", "dtype", "quantization_config", "device_map"} <= keywords  # incl. **kwargs splats
-    sft = next(c for c in all_calls if c.target == "_guarded_trainer_class()")
+    sft = next(c for c in all_calls if c.target == "guarded(SFTTrainer)")
     assert "processing_class" in sft.keywords
 
 
