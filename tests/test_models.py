@@ -26,12 +26,20 @@ def test_auto_device_is_cpu_here():
 
 
 @pytest.mark.model
-def test_offline_uncached_hub_model_names_the_offline_model(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    with pytest.raises(ModelUnavailable, match="smollm2-135m-instruct") as err:
-        load_model("qwen2.5-0.5b")
-    assert "HF_HUB_OFFLINE=1" in str(err.value)
+def test_offline_uncached_hub_model_names_the_offline_model(tmp_path):
+    """In a fresh process, as a learner would run it: huggingface_hub reads HF_HUB_OFFLINE once,
+    at import, so setting it inside this test process would not take effect."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import labkit\n"
+            "try:\n    labkit.load_model('qwen2.5-0.5b')\n"
+            "except labkit.models.ModelUnavailable as e:\n    print('ERROR:', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
+    assert "ERROR:" in out, out
+    assert "smollm2-135m-instruct" in out and "HF_HUB_OFFLINE=1" in out
 
 
 @pytest.mark.model
@@ -64,3 +72,13 @@ def test_weights_are_safetensors_only():
     folder = models.converted_path(REGISTRY["smollm2-135m-instruct"])
     files = {p.suffix for p in folder.iterdir()}
     assert ".safetensors" in files and not files & {".bin", ".pt", ".pkl"}
+
+
+def test_unreachable_hub_fails_at_once_with_the_offline_model_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(models, "_cached_on_hub_cache", lambda hub_id: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailable, match="(?s)cannot be reached.*smollm2-135m-instruct"):
+        load_model("smollm2-360m")
+    assert time.perf_counter() - start < 5
