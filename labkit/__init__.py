@@ -6,16 +6,26 @@ Organised by what a learner does:
 - ``profiles``     how much work a notebook does on this hardware (smoke, cpu, gpu)
 - ``data``         JSONL datasets in TRL's formats, validated line by line
 - ``predictions``  look at what the model predicts (next token, continuations, perplexity)
+- ``probes``       fixed knowledge and word-sense probes, scored before and after tuning
+- ``weights``      where the weights sit, how much they moved, and the spectrum of the change
+- ``widgets``      the prompt explorer and the fine-tune-and-compare widget
 - ``training``     fine-tune (full, LoRA, DoRA, QLoRA) with a live loss curve and a history
 - ``learning_rate``  step sizes: a toy surface, learning-rate sweeps, schedules, update sizes
 - ``forgetting``   catastrophic forgetting: before/after probes, replay, the trade-off frontier
+- ``scoring``      instruction following: format checks, similarity to the reference, the loss mask
+- ``domains``      domain corpora, perplexity per field, word senses before and after
 - ``preferences``  human judgements: a ranking widget and a safe, append-only preferences JSONL
 - ``rlhf``         generate, reward model, GRPO and DPO (TRL), compared on held-out prompts
 - ``memory``       measure peak memory
+- ``toy``          a two-layer toy model for instant experiments and tests
 - ``lora``         LoRA and DoRA from scratch; trainable-parameter counts from published shapes
 - ``quantization`` NF4 made visible with bitsandbytes' own functions; model footprints
 - ``calculator``   will a fine-tune fit on a GPU? weights, gradients, optimizer state, activations
 - ``compare``      full fine-tuning, LoRA, QLoRA and DoRA measured on one task
+- ``cleaning``     data preparation: duplicates, lengths, formats, the chat template, noise
+- ``process``      choosing an approach, validation and early stopping, hyperparameter grids
+- ``serving``      adapters on disk, hot-swapping, mixed-adapter batches, merging
+- ``export``       an experiment as a standalone multi-GPU accelerate job
 - ``plots``        the lab's colours and standard figures
 - ``reproducibility``  one seed for everything
 - ``doctor``       check the environment
