@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,16 +23,30 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 GOAL_S = {"smoke": 60, "cpu": 300, "gpu": 300}
 
 
-def run(path: Path, profile: str) -> tuple[float, str]:
+class TooLong(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise TooLong
+
+
+def run(path: Path, profile: str, limit_s: int) -> tuple[float, str]:
     os.environ["LABKIT_PROFILE"] = profile
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(limit_s)
     try:
-        NotebookClient(nb, timeout=1800, kernel_name="python3",
+        NotebookClient(nb, timeout=limit_s, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         status = "ok"
+    except TooLong:
+        status = f"stopped at the {limit_s} s limit"
     except Exception as e:  # record and go on: one failing notebook should not hide the others
         status = f"error: {type(e).__name__}"
+    finally:
+        signal.alarm(0)
     return time.perf_counter() - start, status
 
 
@@ -39,6 +54,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profiles", nargs="+", default=["smoke", "cpu"])
     ap.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 01 02")
+    ap.add_argument("--limit-s", type=int, default=900, help="stop a notebook that runs longer than this")
     args = ap.parse_args()
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if args.only:
@@ -47,7 +63,7 @@ def main():
     for path in paths:
         row = {"notebook": path.stem}
         for profile in args.profiles:
-            secs, status = run(path, profile)
+            secs, status = run(path, profile, args.limit_s)
             row[f"{profile} (s)"] = round(secs, 1)
             row[f"{profile} within goal"] = "yes" if secs <= GOAL_S[profile] and status == "ok" else f"NO ({status})"
             print(f"{path.stem} [{profile}]: {secs:.1f} s {status}", flush=True)
