@@ -91,7 +91,7 @@ class RLHFConfig:
         """Sizes for the profile (smoke: 1-2 steps per stage; cpu: minutes; gpu: the full lesson)."""
         P = profile
         sizes = dict(
-            reward_steps=P.pick(smoke=2, cpu=20, gpu=300),
+            reward_steps=P.pick(smoke=2, cpu=12, gpu=300),  # cpu: the loss is ~0 well before 20
             reward_batch_size=P.pick(smoke=2, cpu=4, gpu=16),
             reward_max_length=P.pick(smoke=64, cpu=128, gpu=256),
             policy_steps=P.pick(smoke=1, cpu=10, gpu=200),
