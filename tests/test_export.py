@@ -3,11 +3,11 @@ two-process run of the exported script."""
 import ast
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
+from browser_helpers import free_port
 
 from labkit.export import TARGETS, export_job, launch_command
 from labkit.training import TrainConfig
@@ -151,12 +151,6 @@ def test_command_line_export_and_refusal(toy_folder, tmp_path, capsys):
     assert os.path.isabs(job["data"]) and job["max_steps"] == 10
     assert main(["export", "--model", toy_folder, "--data", "missing.jsonl", "--out", str(tmp_path / "j2")]) == 2
     assert "export refused: data='missing.jsonl': no such file" in capsys.readouterr().err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.model
