@@ -337,13 +337,24 @@ class LiveLossPlot:
 
 # --- the trainer ------------------------------------------------------------------------------
 
-def guarded(trainer_cls):
+def guarded(trainer_cls, model_loss_on_cpu: bool = False):
     """``trainer_cls`` (any TRL/transformers trainer) that refuses to apply an update computed from
-    a non-finite loss: it raises :class:`NonFiniteLoss` before the backward pass."""
+    a non-finite loss: it raises :class:`NonFiniteLoss` before the backward pass.
+
+    ``model_loss_on_cpu`` (for ``SFTTrainer``): on the CPU, take the model's own cross-entropy
+    instead of TRL's fused LM head. That head scores tokens in vocabulary chunks so the full
+    ``tokens x vocabulary`` logits never exist: a Triton kernel on a GPU, but on the CPU a loop of
+    torch operations over each chunk, in float32. Here it made a training step 1.5x slower for the
+    same loss (``benchmarks/RESULTS.md``); the model's own loss is one matmul and one softmax."""
+    from transformers import Trainer
+
     class Guarded(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                       num_items_in_batch=num_items_in_batch)
+            if model_loss_on_cpu and self.accelerator.device.type == "cpu":
+                compute = Trainer.compute_loss.__get__(self)   # model(**inputs).loss, labels -100 ignored
+            else:
+                compute = super().compute_loss
+            out = compute(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
             loss = out[0] if return_outputs else out
             if model.training and not torch.isfinite(loss.detach()).all():
                 raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
@@ -372,7 +383,7 @@ def sft_config(cfg: TrainConfig, output_dir: str, has_eval: bool, device: str):
         eval_strategy="steps" if has_eval else "no", eval_steps=eval_every,
         save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding", dataset_num_proc=None,
-        remove_unused_columns=True,
+        remove_unused_columns=True, prediction_loss_only=True,  # evaluation keeps the loss, not the logits
     )
 
 
@@ -415,7 +426,7 @@ def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_
     with tempfile.TemporaryDirectory(prefix="labkit-train-") as out, PeakMemory() as memory:
         from trl import SFTTrainer
 
-        trainer = guarded(SFTTrainer)(
+        trainer = guarded(SFTTrainer, model_loss_on_cpu=True)(
             model=model, args=sft_config(cfg, out, eval_ds is not None, device),
             train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
             callbacks=[HistoryCallback(history, memory, cfg.early_stopping_patience, on_row=plot),

@@ -285,12 +285,12 @@ def test_the_drift_check_sees_labkits_main_calls(all_calls):
     """Guard against a checker that silently finds nothing."""
     targets = {c.target for c in all_calls}
     for expected in ("SFTConfig", "LoraConfig", "BitsAndBytesConfig", "AutoModelForCausalLM.from_pretrained",
-                     "AutoTokenizer.from_pretrained", "guarded(SFTTrainer)",
+                     "AutoTokenizer.from_pretrained", "guarded(SFTTrainer, model_loss_on_cpu=True)",
                      "guarded(RewardTrainer)", "guarded(GRPOTrainer)", "guarded(DPOTrainer)"):
         assert expected in targets, f"the drift check no longer sees labkit's {expected}(...) call"
     keywords = {k for c in all_calls if c.target == "AutoModelForCausalLM.from_pretrained" for k in c.keywords}
     assert {"gguf_file", "dtype", "quantization_config", "device_map"} <= keywords  # incl. **kwargs splats
-    sft = next(c for c in all_calls if c.target == "guarded(SFTTrainer)")
+    sft = next(c for c in all_calls if c.target == "guarded(SFTTrainer, model_loss_on_cpu=True)")
     assert "processing_class" in sft.keywords
 
 

@@ -115,3 +115,37 @@ def test_config_round_trip(tmp_path):
     assert TrainConfig.load(path) == cfg
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"rank": 3})
+
+
+@pytest.mark.parametrize("kind", ["text", "chat"])
+def test_model_loss_on_cpu_matches_trls_fused_head(kind, toy_text, monkeypatch):
+    """On the CPU labkit takes the model's own cross-entropy instead of TRL's chunked LM head
+    (faster there); the losses, eval loss and updates must be the same."""
+    import labkit.training as T
+    from labkit.toy import toy_model
+
+    data = toy_text if kind == "text" else [
+        {"messages": [{"role": "user", "content": f"Count to {i}"},
+                      {"role": "assistant", "content": " ".join(str(j) for j in range(i))}]} for i in range(2, 10)]
+    settings = dict(method="full", steps=3, batch_size=4, learning_rate=1e-3, mixed_precision="no",
+                    eval_every=3)
+
+    def run():
+        model, tok = toy_model()
+        r = train(model, tok, data, eval_data=data[:4], **settings)
+        return r.history.losses + r.history.eval_losses
+
+    import trl.trainer.utils as trl_utils
+
+    calls = []
+    fused = trl_utils._ChunkedLogProbFunction
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction",
+                        type("Spy", (), {"apply": staticmethod(lambda *a: calls.append(1) or fused.apply(*a))}))
+    ours = run()
+    assert not calls, "labkit should not use TRL's fused head on the CPU"
+    original = T.guarded
+    monkeypatch.setattr(T, "guarded", lambda cls, **kw: original(cls))   # TRL's own compute_loss
+    trls = run()
+    assert calls, "the reference run should use TRL's fused head"
+    assert len(ours) == len(trls) == 4
+    assert ours == pytest.approx(trls, rel=1e-4)
