@@ -313,6 +313,8 @@ def export_job(config: TrainConfig | dict | None = None, model: str = "smollm2-1
         config = TrainConfig.from_dict(config)
     cfg = job_config((config or TrainConfig()).validate())
     data_file, fmt, n_train = check_data(data)
+    if cfg.packing and fmt != "text":
+        raise ValueError(f"packing=True is for plain-text data; {data_file} holds {fmt!r} records")
     facts = model_facts(model)
     estimate = check_fits(cfg, facts, gpu_gb) if gpu_gb is not None else None
     folder = Path(out_dir) if out_dir is not None else default_job_dir(data_file, cfg.method)

@@ -149,3 +149,32 @@ def test_model_loss_on_cpu_matches_trls_fused_head(kind, toy_text, monkeypatch):
     assert calls, "the reference run should use TRL's fused head"
     assert len(ours) == len(trls) == 4
     assert ours == pytest.approx(trls, rel=1e-4)
+
+
+def test_packing_fills_every_row(toy, toy_text):
+    """Packed rows are max_length tokens of real text; unpacked rows are one text each, padded."""
+    model, tok = toy
+    packed = train(model, tok, toy_text, method="full", steps=2, batch_size=2, max_length=32, packing=True)
+    packed_tokens = [r["tokens"] for r in packed.history.rows]
+    model, tok = toy_model_fresh()   # every toy text is under 32 tokens: one per row, padded
+    plain = train(model, tok, toy_text, method="full", steps=2, batch_size=2, max_length=32)
+    plain_tokens = [r["tokens"] for r in plain.history.rows]
+    # 2 rows x 32 tokens, but the corpus's last piece is shorter than a row
+    assert max(packed_tokens) == 64 and min(packed_tokens) > max(plain_tokens)
+
+
+def toy_model_fresh():
+    from labkit.toy import toy_model
+
+    return toy_model()
+
+
+def test_packing_refuses_chat_data_before_any_work(toy):
+    model, tok = toy
+    before = params_snapshot(model)
+    chat = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 4
+    with pytest.raises(ValueError, match="packing=True"):
+        train(model, tok, chat, packing=True)
+    assert before.keys() == params_snapshot(model).keys()
+    with pytest.raises(ValueError, match="packing"):
+        train(model, tok, chat, packing="yes")

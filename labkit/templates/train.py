@@ -152,6 +152,7 @@ def training_args(job) -> SFTConfig:
         weight_decay=job["weight_decay"],
         max_grad_norm=job["max_grad_norm"] if job["max_grad_norm"] is not None else 0.0,
         max_length=job["max_length"],
+        packing=job["packing"], packing_strategy="wrapped",   # plain text: rows filled end to end
         activation_checkpointing=job["gradient_checkpointing"],  # transformers 5's name for it
         bf16=job["mixed_precision"] == "bf16",
         fp16=job["mixed_precision"] == "fp16",
