@@ -1,12 +1,18 @@
-"""Training throughput: labkit.train against a hand-written TRL script, side by side in one run,
-and achieved FLOP/s against this machine's matmul peak (measured in the same run).
+"""Training throughput: labkit.train against a hand-written TRL script, side by side in one run;
+achieved FLOP/s against this machine's matmul peak (measured in the same run); and a profile of
+where one training step's time goes.
 
     .venv/bin/python benchmarks/bench_training.py [--steps 6] [--rounds 2]
 
 Same model (packaged SmolLM2-135M-Instruct), data (data/domains/medical.jsonl), LoRA config (r=8,
 alpha=16, all linear layers), batch, sequence length and steps. The first step of every run is
-excluded (it includes one-time set-up). Runs alternate (A, B, C, A, B, C) so that a noisy machine
-affects all of them alike.
+excluded (it includes one-time set-up). Runs alternate (A, B, C, ..., A, B, C, ...) so that a
+noisy machine affects all of them alike.
+
+Runs:
+- plain TRL, fp32 (its default) and with bf16 autocast: what a learner writes from TRL's docs;
+- labkit.train before the CPU loss change (TRL's fused LM head), to record before and after;
+- labkit.train with its defaults, and with ``packing=True``.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -24,7 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_section  # noqa: E402
 
 import labkit  # noqa: E402
+import labkit.training  # noqa: E402
 from labkit.memory import PeakMemory  # noqa: E402
+
+PLAIN_FP32, PLAIN_BF16 = "plain TRL (fp32, its default)", "plain TRL (bf16 autocast)"
+LAB_BEFORE, LAB, LAB_PACKED = ("labkit.train, TRL's fused LM head (before)", "labkit.train (defaults)",
+                               "labkit.train (packing=True)")
+LAB_BFD = "labkit.train, TRL's bfd packing (not used)"
 
 
 class StepTimer(TrainerCallback):
@@ -40,9 +53,9 @@ class StepTimer(TrainerCallback):
         self.tokens.append(state.num_input_tokens_seen - self._seen)
 
     def steady(self):
-        """(tokens/s, s/step) over every step but the first."""
+        """(tokens/s, s/step, tokens/step) over every step but the first."""
         secs = [e - s for s, e in zip(self.starts[1:], self.ends[1:])]
-        return sum(self.tokens[1:]) / sum(secs), statistics.mean(secs)
+        return sum(self.tokens[1:]) / sum(secs), statistics.mean(secs), statistics.mean(self.tokens[1:])
 
 
 def plain_trl(data, steps, batch, max_length, bf16):
@@ -66,11 +79,26 @@ def plain_trl(data, steps, batch, max_length, bf16):
     return timer, mem.peak_mb, losses
 
 
-def lab(data, steps, batch, max_length):
-    model, tok = labkit.load_model()
-    timer = StepTimer()
-    result = labkit.train(model, tok, data, method="lora", lora_r=8, lora_alpha=16, steps=steps, batch_size=batch,
-                          max_length=max_length, learning_rate=2e-4, callbacks=[timer], live=False)
+def lab(data, steps, batch, max_length, callbacks=(), fused_head=False, packing_strategy=None, **settings):
+    """labkit.train; ``fused_head=True`` restores TRL's own loss (labkit before the CPU change);
+    ``packing_strategy`` replaces labkit's "wrapped" packing with another of TRL's strategies."""
+    original, original_config = labkit.training.guarded, labkit.training.sft_config
+    if fused_head:
+        labkit.training.guarded = lambda cls, **kw: original(cls)
+    if packing_strategy:
+        def config(*args, **kw):
+            cfg = original_config(*args, **kw)
+            cfg.packing, cfg.packing_strategy = True, packing_strategy
+            return cfg
+        labkit.training.sft_config = config
+    try:
+        model, tok = labkit.load_model()
+        timer = StepTimer()
+        result = labkit.train(model, tok, data, method="lora", lora_r=8, lora_alpha=16, steps=steps,
+                              batch_size=batch, max_length=max_length, learning_rate=2e-4,
+                              callbacks=[timer, *callbacks], live=False, **settings)
+    finally:
+        labkit.training.guarded, labkit.training.sft_config = original, original_config
     return timer, result.history.peak_memory_mb, result.history.losses
 
 
@@ -96,49 +124,167 @@ def train_flops_per_token(model, lora: bool, seq_len: int) -> float:
     return forward * (2 if lora else 3)
 
 
+# --- where a step's time goes ---------------------------------------------------------------------
+
+CATEGORIES = (  # (name, test on a profiler op name), first match wins
+    ("matrix multiplies (linear layers, LM head, LoRA)", lambda n: n in {"aten::mm", "aten::addmm", "aten::bmm", "aten::addmm_"}),
+    ("attention (scaled_dot_product)", lambda n: "scaled_dot_product" in n),
+    ("softmax / cross-entropy over the vocabulary", lambda n: "softmax" in n or "nll_loss" in n or n == "aten::exp"),
+    ("dtype casts and copies (autocast)", lambda n: n in {"aten::copy_", "aten::_to_copy", "aten::to"}),
+    ("filling / zeroing buffers", lambda n: n in {"aten::fill_", "aten::zero_", "aten::zeros"}),
+    ("element-wise (norms, activations, LoRA scaling, optimizer)", lambda n: n.startswith("aten::")),
+)
+
+
+class ProfileOneStep(TrainerCallback):
+    """torch.profiler around one optimizer step; self CPU time per category and matmul FLOPs."""
+
+    def __init__(self, step: int):
+        self.step, self.prof, self.wall = step, None, None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.prof = profile(activities=[ProfilerActivity.CPU], with_flops=True)
+            self.prof.__enter__()
+            self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.prof is not None and self.wall is None:
+            self.wall = time.perf_counter() - self._t0
+            self.prof.__exit__(None, None, None)
+
+    def breakdown(self):
+        seconds, mm_flops = defaultdict(float), 0.0
+        for evt in self.prof.key_averages():
+            if not evt.key.startswith("aten::"):
+                continue
+            name = next((c for c, test in CATEGORIES if test(evt.key)), None)
+            if name is not None:
+                seconds[name] += evt.self_cpu_time_total / 1e6
+            if name == CATEGORIES[0][0]:
+                mm_flops += evt.flops or 0
+        return self.wall, dict(seconds), mm_flops
+
+
+def step_profile(data, batch, max_length, peak_bf16, peak_fp32):
+    prof = ProfileOneStep(step=2)
+    lab(data, 3, batch, max_length, callbacks=[prof])
+    wall, seconds, mm_flops = prof.breakdown()
+    mm_time = seconds[CATEGORIES[0][0]]
+    peak = peak_bf16 if labkit.profile().mixed_precision == "bf16" else peak_fp32
+    rows = [{"where": name, "seconds": seconds.get(name, 0.0), "share of the step": f"{100 * seconds.get(name, 0.0) / wall:.0f}%"}
+            for name, _ in CATEGORIES]
+    rows.append({"where": "outside torch ops (Python, autograd, trainer)", "seconds": wall - sum(seconds.values()),
+                 "share of the step": f"{100 * (wall - sum(seconds.values())) / wall:.0f}%"})
+    return wall, rows, mm_flops / mm_time / 1e9, 100 * mm_flops / mm_time / peak
+
+
+def compile_probe(batch, max_length, peak, steps=4):
+    """torch.compile on the LoRA model, forward + backward on one fixed-shape batch (packed rows,
+    so the shape never changes): compile time, then steady step time against eager mode."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = labkit.load_model()
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    ids = torch.randint(0, model.config.vocab_size, (batch, max_length), generator=torch.Generator().manual_seed(0))
+
+    def step(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=labkit.profile().mixed_precision == "bf16"):
+            loss = m(input_ids=ids, labels=ids).loss
+        loss.backward()
+
+    out = {}
+    for name, m in (("eager", model), ("compiled", torch.compile(model))):
+        times = [_timed(lambda: step(m)) for _ in range(steps + 1)]
+        out[name] = (times[0], statistics.median(times[1:]))
+    flops = train_flops_per_token(model, lora=True, seq_len=max_length) * batch * max_length
+    eager, compiled = out["eager"][1], out["compiled"][1]
+    saved = eager - compiled
+    payback = (f"Compiling pays for itself after {out['compiled'][0] / saved:.0f} steps ({saved:.2f} s saved per step), "
+               if saved > 0 else "Compiling saved nothing per step, ")
+    return f"""Measured {machine()}; `bench_training.py --compile`.
+Forward and backward of the LoRA model (no optimizer) on one fixed batch of {batch} x {max_length} tokens,
+median of {steps} steps after the first.
+
+| mode | first step (s) | step (s) | % of matmul peak |
+|---|---|---|---|
+| eager (what labkit runs) | {out["eager"][0]:.1f} | {eager:.2f} | {100 * flops / eager / peak:.0f} |
+| torch.compile | {out["compiled"][0]:.1f} | {compiled:.2f} | {100 * flops / compiled / peak:.0f} |
+
+{payback}and a new batch shape compiles again (unpacked batches change shape every step).
+A lesson's run is 3 to 30 steps, so labkit does not compile by default."""
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--compile", action="store_true", help="only measure torch.compile against eager mode")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
     args = ap.parse_args()
+    mixed = labkit.profile().mixed_precision
+    if args.compile:
+        body = compile_probe(args.batch, args.max_length, matmul_peak(torch.bfloat16 if mixed == "bf16" else torch.float32))
+        print(body)
+        write_section("torch.compile", body)
+        return
     data = labkit.load_jsonl("domains/medical.jsonl", "text")
-    print("mixed precision chosen by labkit's profile:", labkit.profile().mixed_precision)
-    runs = {"plain TRL (fp32, its default)": [], "plain TRL (bf16 autocast)": [], "labkit.train (defaults)": []}
+    print("mixed precision chosen by labkit's profile:", mixed)
+    plan = {PLAIN_FP32: lambda: plain_trl(data, args.steps, args.batch, args.max_length, bf16=False),
+            PLAIN_BF16: lambda: plain_trl(data, args.steps, args.batch, args.max_length, bf16=True),
+            LAB_BEFORE: lambda: lab(data, args.steps, args.batch, args.max_length, fused_head=True),
+            LAB: lambda: lab(data, args.steps, args.batch, args.max_length),
+            LAB_PACKED: lambda: lab(data, args.steps, args.batch, args.max_length, packing=True),
+            LAB_BFD: lambda: lab(data, args.steps, args.batch, args.max_length, packing_strategy="bfd")}
+    runs = {name: [] for name in plan}
     for r in range(args.rounds):
-        for name in runs:
-            if name.startswith("labkit"):
-                res = lab(data, args.steps, args.batch, args.max_length)
-            else:
-                res = plain_trl(data, args.steps, args.batch, args.max_length, bf16="bf16" in name)
-            tps, sps = res[0].steady()
-            runs[name].append((tps, sps, res[1], res[2]))
-            print(f"round {r + 1} {name}: {tps:.0f} tokens/s, {sps:.2f} s/step, peak {res[1]:.0f} MiB")
+        for name, run in plan.items():
+            timer, peak_mb, losses = run()
+            tps, sps, tokens = timer.steady()
+            runs[name].append((tps, sps, tokens, peak_mb, losses))
+            print(f"round {r + 1} {name}: {tps:.0f} tokens/s, {sps:.2f} s/step, {tokens:.0f} tokens/step, "
+                  f"peak {peak_mb:.0f} MiB", flush=True)
 
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     model, _ = labkit.load_model()
     flops_tok = train_flops_per_token(model, lora=True, seq_len=args.max_length)
-    base = statistics.mean(x[0] for x in runs["plain TRL (fp32, its default)"])
+    mean = lambda name, i: statistics.mean(x[i] for x in runs[name])  # noqa: E731
     rows = []
-    for name, rs in runs.items():
-        tps = statistics.mean(x[0] for x in rs)
-        peak = peak16 if ("bf16" in name or (name.startswith("labkit") and labkit.profile().mixed_precision == "bf16")) else peak32
-        rows.append({"run": name, "tokens/s": tps, "s/step": statistics.mean(x[1] for x in rs),
-                     "peak MiB": statistics.mean(x[2] for x in rs), "vs plain fp32": tps / base,
-                     "GFLOP/s": tps * flops_tok / 1e9, "% of matmul peak": 100 * tps * flops_tok / peak})
-    l32, l16 = runs["plain TRL (fp32, its default)"][0][3], runs["plain TRL (bf16 autocast)"][0][3]
-    drift = max(abs(a - b) / a for a, b in zip(l32, l16))
+    for name in runs:
+        tps = mean(name, 0)
+        bf16 = name == PLAIN_BF16 or (name.startswith("labkit") and mixed == "bf16")
+        rows.append({"run": name, "tokens/s": tps, "s/step": mean(name, 1), "real tokens/step": mean(name, 2),
+                     "peak MiB": mean(name, 3), "vs plain fp32": tps / mean(PLAIN_FP32, 0),
+                     "vs plain bf16": tps / mean(PLAIN_BF16, 0), "GFLOP/s": tps * flops_tok / 1e9,
+                     "% of matmul peak": 100 * tps * flops_tok / (peak16 if bf16 else peak32)})
+
+    def drift(a, b):
+        return 100 * max(abs(x - y) / abs(x) for x, y in zip(runs[a][0][4], runs[b][0][4]))
+
+    wall, where, mm_gflops, mm_share = step_profile(data, args.batch, args.max_length, peak16, peak32)
     body = f"""Measured {machine()}.
 LoRA r=8 on all linear layers, batch {args.batch} x {args.max_length} tokens, {args.steps} steps per run (first
-excluded), {args.rounds} alternating rounds; `benchmarks/bench_training.py`.
+excluded), {args.rounds} alternating rounds; `benchmarks/bench_training.py`. Tokens are real (non-padding) tokens.
 
 {table(rows)}
 
 Matmul peak measured in the same run (2048x2048): fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s.
 FLOPs per token counted as in `train_flops_per_token` ({flops_tok / 1e9:.2f} GFLOP/token for LoRA training).
-bf16 autocast against fp32, same seed and data: largest relative difference in per-step loss
-{100 * drift:.2f}% (tolerance for using bf16 by default: 2%)."""
+Largest relative difference in per-step loss, same seed and data: bf16 autocast against fp32
+{drift(PLAIN_FP32, PLAIN_BF16):.2f}% (tolerance for using bf16 by default: 2%); labkit's CPU loss against
+TRL's fused LM head {drift(LAB_BEFORE, LAB):.2f}%.
+
+Where one step of `labkit.train` (defaults) goes, from `torch.profiler` (self time of each op;
+the step took {wall:.2f} s with the profiler on):
+
+{table(where)}
+
+Inside the matrix multiplies the CPU reaches {mm_gflops:.0f} GFLOP/s, {mm_share:.0f}% of the matmul peak
+for the dtype used."""
     print(body)
     write_section("Training throughput", body)
 
