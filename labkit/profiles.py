@@ -50,7 +50,7 @@ _PROFILES = {
 
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): there bf16
-    autocast trains about twice as fast as float32 (benchmarks/ measures it)."""
+    autocast trains faster than float32 (benchmarks/RESULTS.md measures by how much)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")

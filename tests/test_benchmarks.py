@@ -1,0 +1,49 @@
+"""The benchmark scripts are not run by the suite (minutes each), but what they are built from is:
+they import, write RESULTS.md sections without losing the others, and the step profile adds up."""
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("common", "bench_training", "bench_notebooks", "bench_load", "bench_widgets"):
+        sys.modules.pop(name, None)
+    return importlib
+
+
+@pytest.mark.parametrize("script", ["bench_training", "bench_notebooks", "bench_load", "bench_widgets"])
+def test_every_benchmark_script_imports(bench, script):
+    module = bench.import_module(script)
+    assert callable(module.main)
+
+
+def test_write_section_replaces_only_its_own_section(bench, tmp_path, monkeypatch):
+    common = bench.import_module("common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
+    common.write_section("A", "first")
+    common.write_section("B", common.table([{"run": "x", "tokens/s": 123.456}]))
+    common.write_section("A", "second")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "second" in text and "first" not in text and "| x | 123 |" in text
+    assert text.index("## A") < text.index("## B")
+
+
+def test_step_profile_accounts_for_the_step(bench, toy, toy_text):
+    """ProfileOneStep's categories plus the time outside torch ops add up to the step's wall time,
+    and the matrix multiplies carry FLOPs (the 'inside the matmuls' figure divides by them)."""
+    from labkit.training import train
+
+    bt = bench.import_module("bench_training")
+    model, tok = toy
+    prof = bt.ProfileOneStep(step=1)
+    train(model, tok, toy_text, method="lora", steps=2, batch_size=4, callbacks=[prof], live=False)
+    wall, seconds, mm_flops = prof.breakdown()
+    assert wall > 0 and mm_flops > 0
+    assert set(seconds) <= {name for name, _ in bt.CATEGORIES}
+    assert 0 < sum(seconds.values()) <= wall * 1.05
