@@ -11,7 +11,8 @@ noisy machine affects all of them alike.
 
 Runs:
 - plain TRL, fp32 (its default) and with bf16 autocast: what a learner writes from TRL's docs;
-- labkit.train before the CPU loss change (TRL's fused LM head), to record before and after;
+- labkit.train with TRL's fused LM head, and with deterministic mode's NaN-filling of new tensors
+  (labkit before each change), to record before and after;
 - labkit.train with its defaults, and with ``packing=True``.
 """
 from __future__ import annotations
@@ -35,8 +36,9 @@ import labkit.training  # noqa: E402
 from labkit.memory import PeakMemory  # noqa: E402
 
 PLAIN_FP32, PLAIN_BF16 = "plain TRL (fp32, its default)", "plain TRL (bf16 autocast)"
-LAB_BEFORE, LAB, LAB_PACKED = ("labkit.train, TRL's fused LM head (before)", "labkit.train (defaults)",
+LAB_BEFORE, LAB, LAB_PACKED = ("labkit.train, TRL's fused LM head (ablation)", "labkit.train (defaults)",
                                "labkit.train (packing=True)")
+LAB_FILL = "labkit.train, new tensors NaN-filled (ablation)"
 LAB_BFD = "labkit.train, TRL's bfd packing (not used)"
 
 
@@ -63,6 +65,7 @@ def plain_trl(data, steps, batch, max_length, bf16):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
+    torch.use_deterministic_algorithms(False)   # undo what an earlier labkit.train set in this process
     model, tok = labkit.load_model()
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
@@ -79,10 +82,17 @@ def plain_trl(data, steps, batch, max_length, bf16):
     return timer, mem.peak_mb, losses
 
 
-def lab(data, steps, batch, max_length, callbacks=(), fused_head=False, packing_strategy=None, **settings):
+def lab(data, steps, batch, max_length, callbacks=(), fused_head=False, packing_strategy=None, nan_fill=False,
+        **settings):
     """labkit.train; ``fused_head=True`` restores TRL's own loss (labkit before the CPU change);
-    ``packing_strategy`` replaces labkit's "wrapped" packing with another of TRL's strategies."""
-    original, original_config = labkit.training.guarded, labkit.training.sft_config
+    ``packing_strategy`` replaces labkit's "wrapped" packing with another of TRL's strategies;
+    ``nan_fill=True`` turns back on what deterministic mode does by default (labkit before)."""
+    original, original_config, original_seed = labkit.training.guarded, labkit.training.sft_config, labkit.training.set_seed
+    if nan_fill:
+        def seed_and_fill(*args, **kw):
+            original_seed(*args, **kw)
+            torch.utils.deterministic.fill_uninitialized_memory = True
+        labkit.training.set_seed = seed_and_fill
     if fused_head:
         labkit.training.guarded = lambda cls, **kw: original(cls)
     if packing_strategy:
@@ -99,6 +109,8 @@ def lab(data, steps, batch, max_length, callbacks=(), fused_head=False, packing_
                               callbacks=[timer, *callbacks], live=False, **settings)
     finally:
         labkit.training.guarded, labkit.training.sft_config = original, original_config
+        labkit.training.set_seed = original_seed
+        torch.utils.deterministic.fill_uninitialized_memory = False
     return timer, result.history.peak_memory_mb, result.history.losses
 
 
@@ -237,6 +249,7 @@ def main():
     plan = {PLAIN_FP32: lambda: plain_trl(data, args.steps, args.batch, args.max_length, bf16=False),
             PLAIN_BF16: lambda: plain_trl(data, args.steps, args.batch, args.max_length, bf16=True),
             LAB_BEFORE: lambda: lab(data, args.steps, args.batch, args.max_length, fused_head=True),
+            LAB_FILL: lambda: lab(data, args.steps, args.batch, args.max_length, nan_fill=True),
             LAB: lambda: lab(data, args.steps, args.batch, args.max_length),
             LAB_PACKED: lambda: lab(data, args.steps, args.batch, args.max_length, packing=True),
             LAB_BFD: lambda: lab(data, args.steps, args.batch, args.max_length, packing_strategy="bfd")}

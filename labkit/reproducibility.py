@@ -19,4 +19,8 @@ def set_seed(seed: int = 0, deterministic: bool = True) -> int:
         torch.cuda.manual_seed_all(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new tensor with NaN before use (a debugging aid for
+        # kernels that read memory they never wrote). It cost about a tenth of a CPU training step
+        # (benchmarks/RESULTS.md) and changes no result, so it stays off.
+        torch.utils.deterministic.fill_uninitialized_memory = False
     return seed
