@@ -20,7 +20,8 @@ def set_seed(seed: int = 0, deterministic: bool = True) -> int:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         # Deterministic mode also fills every new tensor with NaN before use (a debugging aid for
-        # kernels that read memory they never wrote). It cost about a tenth of a CPU training step
-        # (benchmarks/RESULTS.md) and changes no result, so it stays off.
+        # kernels that read memory they never wrote). The profiler put a tenth of a CPU training
+        # step in it; side by side, turning it off saved about 4% (benchmarks/RESULTS.md). It
+        # changes no result, so it stays off.
         torch.utils.deterministic.fill_uninitialized_memory = False
     return seed

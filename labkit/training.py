@@ -347,8 +347,9 @@ def guarded(trainer_cls, model_loss_on_cpu: bool = False):
     ``model_loss_on_cpu`` (for ``SFTTrainer``): on the CPU, take the model's own cross-entropy
     instead of TRL's fused LM head. That head scores tokens in vocabulary chunks so the full
     ``tokens x vocabulary`` logits never exist: a Triton kernel on a GPU, but on the CPU a loop of
-    torch operations over each chunk, in float32. Here it made a training step 1.5x slower for the
-    same loss (``benchmarks/RESULTS.md``); the model's own loss is one matmul and one softmax."""
+    torch operations over each chunk, in float32. Here it made a LoRA training step about 1.25x
+    slower for the same loss (``benchmarks/RESULTS.md``); the model's own loss is one matmul and
+    one softmax."""
     from transformers import Trainer
 
     class Guarded(trainer_cls):
