@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from labkit.toy import toy_model
 from labkit.training import TrainConfig, train
 
 
@@ -59,8 +60,6 @@ def test_eval_and_schedule(toy, toy_text):
 
 
 def test_same_seed_gives_identical_losses(toy_text):
-    from labkit.toy import toy_model
-
     runs = []
     for _ in range(2):
         model, tok = toy_model(seed=0)
@@ -122,7 +121,6 @@ def test_model_loss_on_cpu_matches_trls_fused_head(kind, toy_text, monkeypatch):
     """On the CPU labkit takes the model's own cross-entropy instead of TRL's chunked LM head
     (faster there); the losses, eval loss and updates must be the same."""
     import labkit.training as T
-    from labkit.toy import toy_model
 
     data = toy_text if kind == "text" else [
         {"messages": [{"role": "user", "content": f"Count to {i}"},
@@ -156,17 +154,11 @@ def test_packing_fills_every_row(toy, toy_text):
     model, tok = toy
     packed = train(model, tok, toy_text, method="full", steps=2, batch_size=2, max_length=32, packing=True)
     packed_tokens = [r["tokens"] for r in packed.history.rows]
-    model, tok = toy_model_fresh()   # every toy text is under 32 tokens: one per row, padded
+    model, tok = toy_model()   # every toy text is under 32 tokens: one per row, padded
     plain = train(model, tok, toy_text, method="full", steps=2, batch_size=2, max_length=32)
     plain_tokens = [r["tokens"] for r in plain.history.rows]
     # 2 rows x 32 tokens, but the corpus's last piece is shorter than a row
     assert max(packed_tokens) == 64 and min(packed_tokens) > max(plain_tokens)
-
-
-def toy_model_fresh():
-    from labkit.toy import toy_model
-
-    return toy_model()
 
 
 def test_packing_refuses_chat_data_before_any_work(toy):
