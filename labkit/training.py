@@ -18,6 +18,7 @@ import json
 import math
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -340,16 +341,60 @@ class LiveLossPlot:
 
 # --- the trainer ------------------------------------------------------------------------------
 
-def guarded(trainer_cls, model_loss_on_cpu: bool = False):
+def full_logits_log_probs(hidden, weight, bias, targets, temperature, chunk_size=None,
+                          final_logit_softcapping=None, logit_scale=1.0, outputs=("log_probs",)):
+    """What TRL's fused LM head computes (``ChunkedLogProbFunction``, same arguments), from the full
+    ``tokens x vocabulary`` logits: one matmul (bf16 under autocast) and one float32 log-softmax.
+
+    TRL scores the vocabulary in chunks so the full logits never exist: a Triton kernel on a GPU,
+    but on the CPU a loop of torch operations over each chunk that recomputes it in the backward
+    pass and multiplies the gradient in float32. Here that head was 40% of a DPO step; this one is
+    2-2.5x faster (``benchmarks/RESULTS.md``). ``chunk_size`` is accepted and unused."""
+    z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
+    if final_logit_softcapping is not None:
+        z = final_logit_softcapping * torch.tanh(z / final_logit_softcapping)
+    z = z / temperature
+    log_p = z.log_softmax(-1)
+    log_probs = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1) if "entropy" in outputs else None
+    with torch.no_grad():   # metrics only, as in TRL
+        log_sum_sq_probs = torch.logsumexp(2 * log_p, -1) if "log_sum_sq_probs" in outputs else None
+        mean_logits = z.mean(-1) if "mean_logits" in outputs else None
+        is_top1 = z.argmax(-1) == targets if "is_top1" in outputs else None   # the first maximum, as TRL
+    return log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1
+
+
+@contextmanager
+def full_logits_on_cpu(enabled: bool = True):
+    """While inside, TRL's fused LM head (DPO, GRPO) takes :func:`full_logits_log_probs` for tensors
+    on the CPU, and its own chunked kernel elsewhere."""
+    import trl.trainer.utils as trl_utils
+
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class CPUFirst:
+        @staticmethod
+        def apply(hidden, *args):
+            return (full_logits_log_probs if hidden.device.type == "cpu" else chunked.apply)(hidden, *args)
+
+    trl_utils._ChunkedLogProbFunction = CPUFirst if enabled else chunked
+    try:
+        yield
+    finally:
+        trl_utils._ChunkedLogProbFunction = chunked
+
+
+def guarded(trainer_cls, model_loss_on_cpu: bool = False, full_logits: bool = False):
     """``trainer_cls`` (any TRL/transformers trainer) that refuses to apply an update computed from
     a non-finite loss: it raises :class:`NonFiniteLoss` before the backward pass.
 
-    ``model_loss_on_cpu`` (for ``SFTTrainer``): on the CPU, take the model's own cross-entropy
-    instead of TRL's fused LM head. That head scores tokens in vocabulary chunks so the full
-    ``tokens x vocabulary`` logits never exist: a Triton kernel on a GPU, but on the CPU a loop of
-    torch operations over each chunk, in float32. Here it made a LoRA training step about 1.25x
-    slower for the same loss (``benchmarks/RESULTS.md``); the model's own loss is one matmul and
-    one softmax."""
+    Two speed-ups for the CPU, where TRL's fused, chunked LM head is slow (see
+    :func:`full_logits_log_probs`):
+
+    - ``model_loss_on_cpu`` (``SFTTrainer``): take the model's own cross-entropy instead of TRL's
+      head. A LoRA training step was about 1.25x faster for the same loss.
+    - ``full_logits`` (``DPOTrainer``, ``GRPOTrainer``): their log-probabilities come from the full
+      logits while training runs (:func:`full_logits_on_cpu`)."""
     from transformers import Trainer
 
     class Guarded(trainer_cls):
@@ -363,6 +408,10 @@ def guarded(trainer_cls, model_loss_on_cpu: bool = False):
             if model.training and not torch.isfinite(loss.detach()).all():
                 raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
             return out
+
+        def train(self, *args, **kwargs):
+            with full_logits_on_cpu(full_logits):
+                return super().train(*args, **kwargs)
 
     Guarded.__name__ = f"Guarded{trainer_cls.__name__}"
     return Guarded

@@ -286,7 +286,8 @@ def test_the_drift_check_sees_labkits_main_calls(all_calls):
     targets = {c.target for c in all_calls}
     for expected in ("SFTConfig", "LoraConfig", "BitsAndBytesConfig", "AutoModelForCausalLM.from_pretrained",
                      "AutoTokenizer.from_pretrained", "guarded(SFTTrainer, model_loss_on_cpu=True)",
-                     "guarded(RewardTrainer)", "guarded(GRPOTrainer)", "guarded(DPOTrainer)"):
+                     "guarded(RewardTrainer)", "guarded(GRPOTrainer, full_logits=True)",
+                     "guarded(DPOTrainer, full_logits=True)"):
         assert expected in targets, f"the drift check no longer sees labkit's {expected}(...) call"
     keywords = {k for c in all_calls if c.target == "AutoModelForCausalLM.from_pretrained" for k in c.keywords}
     assert {"gguf_file", "dtype", "quantization_config", "device_map"} <= keywords  # incl. **kwargs splats
@@ -371,3 +372,17 @@ def test_installed_versions_are_the_tested_ones():
         if not req[lib].contains(v.split("+")[0]):
             wrong.append(f"{lib} {v} is outside the tested range {req[lib]}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_full_logits_head_takes_the_arguments_of_trls_chunked_head():
+    """labkit.training.full_logits_log_probs stands in for TRL's private ChunkedLogProbFunction on
+    the CPU, called with the same positional arguments: fail here, clearly, if TRL changes them."""
+    import inspect
+
+    import trl.trainer.utils as trl_utils
+
+    from labkit.training import full_logits_log_probs
+
+    theirs = list(inspect.signature(trl_utils._ChunkedLogProbFunction.forward).parameters)[1:]   # after ctx
+    ours = list(inspect.signature(full_logits_log_probs).parameters)
+    assert theirs == ours, f"TRL's chunked LM head now takes {theirs}; labkit's stand-in takes {ours}"

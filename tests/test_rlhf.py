@@ -25,9 +25,10 @@ def toy_reward_model(tok, seed=0):
 
 
 def tiny_cfg(**kw):
-    return rlhf.RLHFConfig(reward_steps=2, reward_batch_size=2, reward_max_length=48, policy_steps=1,
-                           num_generations=2, prompts_per_step=1, max_completion_length=6, dpo_steps=1,
-                           dpo_batch_size=2, dpo_max_length=48, lora_r=2, lora_alpha=4, **kw).validate()
+    sizes = dict(reward_steps=2, reward_batch_size=2, reward_max_length=48, policy_steps=1, num_generations=2,
+                 prompts_per_step=1, max_completion_length=6, dpo_steps=1, dpo_batch_size=2, dpo_max_length=48,
+                 lora_r=2, lora_alpha=4)
+    return rlhf.RLHFConfig(**{**sizes, **kw}).validate()
 
 
 def test_pairwise_accuracy_hand_made_case():
@@ -136,3 +137,36 @@ def test_real_reward_model_has_one_output_and_a_pad_token():
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
     scores = rlhf.reward_scores(model, tok, ["What is rain?"] * 2, ["Water falling from clouds.", "Hmm."])
     assert len(scores) == 2 and all(map(lambda s: s == s, scores))
+
+
+@pytest.mark.parametrize("stage", ["dpo", "grpo"])
+def test_full_logits_on_cpu_match_trls_chunked_head(stage, monkeypatch):
+    """On the CPU, DPO and GRPO score tokens from the full logits instead of TRL's chunked LM head
+    (faster there): every logged number must be the same, and TRL's chunked kernel must not run."""
+    import trl.trainer.utils as trl_utils
+
+    from labkit.toy import toy_model
+
+    def run():
+        policy, tok = toy_model()
+        cfg = tiny_cfg(dpo_steps=2, policy_steps=2, temperature=0.7)
+        if stage == "dpo":
+            return rlhf.train_dpo(policy, tok, PAIRS, cfg, live=False).rows
+        return rlhf.optimise_policy(policy, tok, toy_reward_model(tok, seed=1), [p["prompt"] for p in PAIRS],
+                                    cfg, live=False).rows
+
+    calls = []
+    chunked = trl_utils._ChunkedLogProbFunction
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction",
+                        type("Spy", (), {"apply": staticmethod(lambda *a: calls.append(1) or chunked.apply(*a))}))
+    ours = run()
+    assert not calls, "labkit should not use TRL's chunked head on the CPU"
+    assert trl_utils._ChunkedLogProbFunction.__name__ == "Spy", "the swap must end with training"
+    original = rlhf.guarded
+    monkeypatch.setattr(rlhf, "guarded", lambda cls, **kw: original(cls))   # TRL's own head
+    trls = run()
+    assert calls, "the reference run should use TRL's chunked head"
+    keys = [k for k in trls[0] if k not in ("elapsed_s",) and "time" not in k and "per_second" not in k]
+    assert len(ours) == len(trls) == 2 and {"loss"} <= set(keys)
+    for a, b in zip(ours, trls):
+        assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-4, abs=1e-6), stage
