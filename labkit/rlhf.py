@@ -473,7 +473,7 @@ def optimise_policy(model, tok, reward_model, prompts: list[str], cfg: RLHFConfi
                           per_device_train_batch_size=batch, num_generations=cfg.num_generations,
                           max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
                           beta=cfg.kl_beta, log_completions=False, shuffle_dataset=True)
-        trainer = guarded(GRPOTrainer, full_logits=True)(
+        trainer = guarded(GRPOTrainer, full_logits=True, float32_adapter_sums=True)(
             model=model, reward_funcs=reward_model, args=args, train_dataset=data, processing_class=tok,
             reward_processing_classes=reward_tok or tok, peft_config=_lora(cfg, "CAUSAL_LM"),
             callbacks=[log])
@@ -508,7 +508,7 @@ def train_dpo(model, tok, pairs: list[dict], cfg: RLHFConfig, live: bool | None 
         args = DPOConfig(**_common_args(cfg, out, cfg.dpo_steps, cfg.dpo_learning_rate, device),
                          per_device_train_batch_size=cfg.dpo_batch_size, beta=cfg.dpo_beta,
                          max_length=cfg.dpo_max_length, truncation_mode="keep_start")
-        trainer = guarded(DPOTrainer, full_logits=True)(
+        trainer = guarded(DPOTrainer, full_logits=True, float32_adapter_sums=True)(
             model=model, args=args, train_dataset=data, processing_class=tok,
             peft_config=_lora(cfg, "CAUSAL_LM"), callbacks=[HistoryCallback(history, memory, on_row=plot), log])
         wall, stopped = _run(trainer, "DPO", cfg.dpo_steps)

@@ -27,3 +27,14 @@ def real_model():
     from labkit import load_model
 
     return load_model()
+
+
+@pytest.fixture
+def chunked_head_calls(monkeypatch):
+    """A list that grows by one each time TRL's fused, chunked LM head runs (a spy in its place)."""
+    import trl.trainer.utils as trl_utils
+
+    calls, chunked = [], trl_utils._ChunkedLogProbFunction
+    spy = type("Spy", (), {"apply": staticmethod(lambda *a: calls.append(1) or chunked.apply(*a))})
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", spy)
+    return calls

@@ -286,8 +286,9 @@ def test_the_drift_check_sees_labkits_main_calls(all_calls):
     targets = {c.target for c in all_calls}
     for expected in ("SFTConfig", "LoraConfig", "BitsAndBytesConfig", "AutoModelForCausalLM.from_pretrained",
                      "AutoTokenizer.from_pretrained", "guarded(SFTTrainer, model_loss_on_cpu=True)",
-                     "guarded(RewardTrainer)", "guarded(GRPOTrainer, full_logits=True)",
-                     "guarded(DPOTrainer, full_logits=True)"):
+                     "guarded(RewardTrainer)",
+                     "guarded(GRPOTrainer, full_logits=True, float32_adapter_sums=True)",
+                     "guarded(DPOTrainer, full_logits=True, float32_adapter_sums=True)"):
         assert expected in targets, f"the drift check no longer sees labkit's {expected}(...) call"
     keywords = {k for c in all_calls if c.target == "AutoModelForCausalLM.from_pretrained" for k in c.keywords}
     assert {"gguf_file", "dtype", "quantization_config", "device_map"} <= keywords  # incl. **kwargs splats

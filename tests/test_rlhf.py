@@ -140,7 +140,7 @@ def test_real_reward_model_has_one_output_and_a_pad_token():
 
 
 @pytest.mark.parametrize("stage", ["dpo", "grpo"])
-def test_full_logits_on_cpu_match_trls_chunked_head(stage, monkeypatch):
+def test_full_logits_on_cpu_match_trls_chunked_head(stage, monkeypatch, chunked_head_calls):
     """On the CPU, DPO and GRPO score tokens from the full logits instead of TRL's chunked LM head
     (faster there): every logged number must be the same, and TRL's chunked kernel must not run."""
     import trl.trainer.utils as trl_utils
@@ -155,10 +155,7 @@ def test_full_logits_on_cpu_match_trls_chunked_head(stage, monkeypatch):
         return rlhf.optimise_policy(policy, tok, toy_reward_model(tok, seed=1), [p["prompt"] for p in PAIRS],
                                     cfg, live=False).rows
 
-    calls = []
-    chunked = trl_utils._ChunkedLogProbFunction
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction",
-                        type("Spy", (), {"apply": staticmethod(lambda *a: calls.append(1) or chunked.apply(*a))}))
+    calls = chunked_head_calls
     ours = run()
     assert not calls, "labkit should not use TRL's chunked head on the CPU"
     assert trl_utils._ChunkedLogProbFunction.__name__ == "Spy", "the swap must end with training"

@@ -117,7 +117,7 @@ def test_config_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["text", "chat"])
-def test_model_loss_on_cpu_matches_trls_fused_head(kind, toy_text, monkeypatch):
+def test_model_loss_on_cpu_matches_trls_fused_head(kind, toy_text, monkeypatch, chunked_head_calls):
     """On the CPU labkit takes the model's own cross-entropy instead of TRL's chunked LM head
     (faster there); the losses, eval loss and updates must be the same."""
     import labkit.training as T
@@ -133,12 +133,7 @@ def test_model_loss_on_cpu_matches_trls_fused_head(kind, toy_text, monkeypatch):
         r = train(model, tok, data, eval_data=data[:4], **settings)
         return r.history.losses + r.history.eval_losses
 
-    import trl.trainer.utils as trl_utils
-
-    calls = []
-    fused = trl_utils._ChunkedLogProbFunction
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction",
-                        type("Spy", (), {"apply": staticmethod(lambda *a: calls.append(1) or fused.apply(*a))}))
+    calls = chunked_head_calls
     ours = run()
     assert not calls, "labkit should not use TRL's fused head on the CPU"
     original = T.guarded
@@ -179,3 +174,31 @@ def test_seeding_keeps_deterministic_kernels_without_nan_filling():
     set_seed(0)
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.utils.deterministic.fill_uninitialized_memory is False
+
+
+def test_adapter_sums_in_float32_keep_an_adapter_smaller_than_bf16_rounding():
+    """Under bf16 autocast PEFT adds a LoRA layer's output to the frozen layer's bf16 output, so a
+    contribution under the rounding step is lost; inside adapter_sums_in_float32 it is kept, and the
+    hooks are gone afterwards."""
+    from peft import LoraConfig, get_peft_model
+
+    from labkit.training import adapter_sums_in_float32
+
+    torch.manual_seed(0)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(64, 64)),
+                           LoraConfig(r=4, lora_alpha=4, target_modules=["0"]))
+    layer = model.base_model.model[0]
+    torch.nn.init.normal_(layer.lora_B["default"].weight, std=1e-5)   # a tiny, fresh adapter
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        delta = layer.lora_B["default"](layer.lora_A["default"](x))    # float32, outside autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            base = layer.base_layer(x).float()
+            lost = model(x).float() - base
+            with adapter_sums_in_float32(model):
+                out = model(x)
+            after = model(x)
+    kept = out - base
+    assert out.dtype == torch.float32 and after.dtype == torch.bfloat16
+    assert (lost - delta).abs().mean() > 0.5 * delta.abs().mean(), "bf16 should round most of it away"
+    assert (kept - delta).abs().max() < 0.01 * delta.abs().max()
