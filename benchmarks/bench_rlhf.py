@@ -1,11 +1,15 @@
-"""DPO and GRPO on the CPU: TRL's fused, chunked LM head against labkit's full-logits head,
-side by side in one run, at notebook 06's sizes for the profile.
+"""DPO and GRPO on the CPU: what labkit changes in TRL's trainers, side by side in one run, at
+notebook 06's sizes for the profile.
 
     .venv/bin/python benchmarks/bench_rlhf.py [--profile cpu] [--rounds 2]
 
-Same model (packaged SmolLM2-135M-Instruct), data (data/preferences.jsonl), LoRA config and seed.
-Runs alternate (A, B, A, B) so that a noisy machine affects both alike; the first step of every run
-is excluded (one-time set-up). Also times the head alone (forward and backward) at a DPO step's shape.
+Runs, each from a fresh model with the same data (data/preferences.jsonl), LoRA config and seed:
+- labkit before this change: TRL's fused, chunked LM head, bf16 autocast, adapter sums in bf16;
+- float32 throughout (no autocast): the reference for the loss;
+- full-logits head, adapter sums in bf16 (ablation: the speed change alone);
+- labkit's defaults: full-logits head, adapter sums in float32.
+Runs alternate (A, B, C, D, A, ...) so that a noisy machine affects all alike; the first step of
+every run is excluded (one-time set-up). Also times the head alone at a DPO step's shape.
 """
 from __future__ import annotations
 
@@ -26,14 +30,19 @@ from labkit.data import read_jsonl  # noqa: E402
 from labkit.training import full_logits_log_probs  # noqa: E402
 
 TRL, LAB = "TRL's chunked LM head", "full logits (labkit's default on the CPU)"
+BEFORE, FP32, SPEED_ONLY, DEFAULTS = ("labkit before (TRL's chunked head, bf16 sums)", "float32, no autocast",
+                                      "full-logits head, bf16 sums (ablation)", "labkit defaults")
+GUARDS = {BEFORE: {}, SPEED_ONLY: {"full_logits": True}}   # the others: rlhf's own guarded(...) call
 
 
-def stage(name: str, cfg, head: str):
-    """Train one stage (``dpo`` or ``grpo``) from a fresh model; returns its logged rows."""
+def stage(name: str, cfg, run: str = DEFAULTS):
+    """Train one stage (``dpo`` or ``grpo``) from a fresh model as ``run`` says; returns its rows."""
     pairs = [p for p in read_jsonl("preferences.jsonl", "preference") if p["split"] == "train"]
     original = rlhf.guarded
-    if head == TRL:
-        rlhf.guarded = lambda cls, **kw: original(cls)
+    if run in GUARDS:
+        rlhf.guarded = lambda cls, **kw: original(cls, **GUARDS[run])
+    if run == FP32:
+        cfg = rlhf.RLHFConfig(**{**cfg.to_dict(), "mixed_precision": "no"})
     try:
         model, tok = labkit.load_model()
         if name == "dpo":
@@ -79,36 +88,41 @@ def main():
     args = ap.parse_args()
     P = labkit.profile(args.profile)
     cfg = rlhf.RLHFConfig.for_profile(P, dpo_steps=args.steps, policy_steps=args.steps)
-    runs = {(s, h): [] for s in ("dpo", "grpo") for h in (TRL, LAB)}
+    plan = [("dpo", BEFORE), ("dpo", FP32), ("dpo", SPEED_ONLY), ("dpo", DEFAULTS),
+            ("grpo", BEFORE), ("grpo", FP32), ("grpo", DEFAULTS)]
+    runs = {key: [] for key in plan}
     for r in range(args.rounds):
-        for (name, head) in runs:
-            rows = stage(name, cfg, head)
-            runs[name, head].append(rows)
-            print(f"round {r + 1} {name} / {head}: {seconds_per_step(rows):.2f} s/step", flush=True)
+        for key in plan:
+            rows = stage(key[0], cfg, key[1])
+            runs[key].append(rows)
+            print(f"round {r + 1} {key[0]} / {key[1]}: {seconds_per_step(rows):.2f} s/step, "
+                  f"losses {[round(x['loss'], 4) for x in rows]}", flush=True)
 
-    rows = []
-    for name in ("dpo", "grpo"):
-        trl_s = statistics.mean(seconds_per_step(x) for x in runs[name, TRL])
-        lab_s = statistics.mean(seconds_per_step(x) for x in runs[name, LAB])
-        a, b = runs[name, TRL][0], runs[name, LAB][0]
-        keys = [k for k in a[0] if k not in ("elapsed_s", "step_time", "epoch", "step") and k in b[0]]
-        drift = max(abs(x[k] - y[k]) / max(abs(x[k]), 1e-8) for x, y in zip(a, b) for k in keys if k == "loss")
-        rows.append({"stage": name.upper(), f"{TRL} s/step": trl_s, f"{LAB} s/step": lab_s,
-                     "speed-up": trl_s / lab_s, "largest loss difference, same seed (%)": 100 * drift})
+    table_rows = []
+    for name, run in plan:
+        s_step = statistics.mean(seconds_per_step(x) for x in runs[name, run])
+        before = statistics.mean(seconds_per_step(x) for x in runs[name, BEFORE])
+        last, ref = runs[name, run][0][-1], runs[name, FP32][0][-1]   # same seed: every round is the same
+        signal = "rewards/margins" if name == "dpo" else "reward"
+        table_rows.append({"stage": name.upper(), "run": run, "s/step": s_step, "speed vs before": before / s_step,
+                           f"loss at step {args.steps}": last["loss"],
+                           f"DPO margin / GRPO reward at step {args.steps}": last[signal],
+                           "its difference from float32 (%)": 100 * abs(last[signal] - ref[signal]) / abs(ref[signal])})
     tokens = 2 * cfg.dpo_batch_size * (cfg.dpo_max_length - 1)
     head = head_alone(tokens)
     body = f"""Measured {machine()}.
 `benchmarks/bench_rlhf.py`, profile `{P.name}` (notebook 06's sizes: DPO {cfg.dpo_batch_size} pairs x up to
 {cfg.dpo_max_length} tokens; GRPO {cfg.prompts_per_step} prompts x {cfg.num_generations} completions of up to
-{cfg.max_completion_length} tokens), {args.steps} steps per run (first excluded), {args.rounds} alternating rounds,
-mixed precision `{cfg.mixed_precision}`.
+{cfg.max_completion_length} tokens), {args.steps} steps per run (first excluded from s/step), {args.rounds}
+alternating rounds; mixed precision `{cfg.mixed_precision}` where not float32. DPO's reward margin is
+beta x (the policy's log-ratio of chosen to rejected minus the reference's): how far DPO has moved. GRPO's
+loss is near 0 by design (advantages are centred in each group), so its signal is the mean reward.
 
-{table(rows)}
+{table(table_rows)}
 
 The head alone, forward and backward for {tokens} positions (a DPO step's shape), bf16 autocast, best of 3:
-{TRL} {head[TRL]:.2f} s, full logits {head[LAB]:.2f} s ({head[TRL] / head[LAB]:.1f}x).
-The losses differ slightly because bf16 rounds the two heads' matmuls differently; in float32 they match to
-1e-4 (`tests/test_rlhf.py::test_full_logits_on_cpu_match_trls_chunked_head`)."""
+{TRL} {head[TRL]:.2f} s, full logits {head[LAB]:.2f} s ({head[TRL] / head[LAB]:.1f}x). In float32 the two heads
+give the same losses and logged numbers to 1e-4 (`tests/test_rlhf.py::test_full_logits_on_cpu_match_trls_chunked_head`)."""
     print(body)
     write_section("DPO and GRPO on the CPU", body)
 

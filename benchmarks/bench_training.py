@@ -40,6 +40,7 @@ LAB_BEFORE, LAB, LAB_PACKED = ("labkit.train, TRL's fused LM head (ablation)", "
                                "labkit.train (packing=True)")
 LAB_FILL = "labkit.train, new tensors NaN-filled (ablation)"
 LAB_BFD = "labkit.train, TRL's bfd packing (not used)"
+LAB_F32SUMS = "labkit.train, adapter sums in float32 (as DPO/GRPO; not used)"
 
 
 class StepTimer(TrainerCallback):
@@ -83,10 +84,11 @@ def plain_trl(data, steps, batch, max_length, bf16):
 
 
 def lab(data, steps, batch, max_length, callbacks=(), fused_head=False, packing_strategy=None, nan_fill=False,
-        **settings):
+        float32_adapter_sums=False, **settings):
     """labkit.train; ``fused_head=True`` restores TRL's own loss (labkit before the CPU change);
     ``packing_strategy`` replaces labkit's "wrapped" packing with another of TRL's strategies;
-    ``nan_fill=True`` turns back on what deterministic mode does by default (labkit before)."""
+    ``nan_fill=True`` turns back on what deterministic mode does by default (labkit before);
+    ``float32_adapter_sums=True`` adds LoRA's output in float32, as labkit's DPO and GRPO do."""
     original, original_config, original_seed = labkit.training.guarded, labkit.training.sft_config, labkit.training.set_seed
     if nan_fill:
         def seed_and_fill(*args, **kw):
@@ -95,6 +97,8 @@ def lab(data, steps, batch, max_length, callbacks=(), fused_head=False, packing_
         labkit.training.set_seed = seed_and_fill
     if fused_head:
         labkit.training.guarded = lambda cls, **kw: original(cls)
+    if float32_adapter_sums:
+        labkit.training.guarded = lambda cls, **kw: original(cls, **kw, float32_adapter_sums=True)
     if packing_strategy:
         def config(*args, **kw):
             cfg = original_config(*args, **kw)
@@ -112,6 +116,23 @@ def lab(data, steps, batch, max_length, callbacks=(), fused_head=False, packing_
         labkit.training.set_seed = original_seed
         torch.utils.deterministic.fill_uninitialized_memory = False
     return timer, result.history.peak_memory_mb, result.history.losses
+
+
+def precision(data, steps, batch, max_length) -> str:
+    """labkit.train's per-step losses in float32, bf16 (its CPU default) and bf16 with the adapter
+    sums in float32; same seed and batches, so the differences are the precision's alone."""
+    runs = {"float32": dict(mixed_precision="no"), "bf16 (labkit's default)": dict(mixed_precision="bf16"),
+            "bf16, adapter sums in float32": dict(mixed_precision="bf16", float32_adapter_sums=True)}
+    losses = {name: lab(data, steps, batch, max_length, **kw)[2] for name, kw in runs.items()}
+    ref = losses["float32"]
+    rows = [{"run": name, "loss per step": " ".join(f"{x:.4f}" for x in ls),
+             "largest difference from float32 (%)": 100 * max(abs(x - y) / abs(y) for x, y in zip(ls, ref))}
+            for name, ls in losses.items()]
+    return f"""Measured {machine()}.
+`benchmarks/bench_training.py --precision`: labkit.train, LoRA r=8, batch {batch} x {max_length}, {steps} steps,
+same seed and batches. Tolerance for bf16 by default: 2%.
+
+{table(rows)}"""
 
 
 def matmul_peak(dtype, n=2048, repeats=5) -> float:
@@ -233,6 +254,8 @@ A lesson's run is 3 to 30 steps, so labkit does not compile by default."""
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true", help="only measure torch.compile against eager mode")
+    ap.add_argument("--precision", action="store_true",
+                    help="only measure labkit.train's loss in bf16 (with and without float32 adapter sums) against float32")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
@@ -245,6 +268,11 @@ def main():
         write_section("torch.compile", body)
         return
     data = labkit.load_jsonl("domains/medical.jsonl", "text")
+    if args.precision:
+        body = precision(data, args.steps, args.batch, args.max_length)
+        print(body)
+        write_section("Loss in bf16 against float32", body)
+        return
     print("mixed precision chosen by labkit's profile:", mixed)
     plan = {PLAIN_FP32: lambda: plain_trl(data, args.steps, args.batch, args.max_length, bf16=False),
             PLAIN_BF16: lambda: plain_trl(data, args.steps, args.batch, args.max_length, bf16=True),
@@ -252,7 +280,8 @@ def main():
             LAB_FILL: lambda: lab(data, args.steps, args.batch, args.max_length, nan_fill=True),
             LAB: lambda: lab(data, args.steps, args.batch, args.max_length),
             LAB_PACKED: lambda: lab(data, args.steps, args.batch, args.max_length, packing=True),
-            LAB_BFD: lambda: lab(data, args.steps, args.batch, args.max_length, packing_strategy="bfd")}
+            LAB_BFD: lambda: lab(data, args.steps, args.batch, args.max_length, packing_strategy="bfd"),
+            LAB_F32SUMS: lambda: lab(data, args.steps, args.batch, args.max_length, float32_adapter_sums=True)}
     runs = {name: [] for name in plan}
     for r in range(args.rounds):
         for name, run in plan.items():
@@ -288,8 +317,8 @@ excluded), {args.rounds} alternating rounds; `benchmarks/bench_training.py`. Tok
 Matmul peak measured in the same run (2048x2048): fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s.
 FLOPs per token counted as in `train_flops_per_token` ({flops_tok / 1e9:.2f} GFLOP/token for LoRA training).
 Largest relative difference in per-step loss, same seed and data: bf16 autocast against fp32
-{drift(PLAIN_FP32, PLAIN_BF16):.2f}% (tolerance for using bf16 by default: 2%); labkit's CPU loss against
-TRL's fused LM head {drift(LAB_BEFORE, LAB):.2f}%.
+{drift(PLAIN_FP32, PLAIN_BF16):.2f}% (tolerance for using bf16 by default: 2%); labkit's CPU loss against TRL's
+fused LM head {drift(LAB_BEFORE, LAB):.2f}%. For labkit.train against float32, see "Loss in bf16 against float32".
 
 Where one step of `labkit.train` (defaults) goes, from `torch.profiler` (self time of each op;
 the step took {wall:.2f} s with the profiler on):

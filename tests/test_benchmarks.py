@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCH.glob("bench_*.py"))
 
 
 @pytest.fixture
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
-    for name in ("common", "bench_training", "bench_notebooks", "bench_load", "bench_widgets"):
+    for name in ("common", *SCRIPTS):
         sys.modules.pop(name, None)
     return importlib
 
 
-@pytest.mark.parametrize("script", ["bench_training", "bench_notebooks", "bench_load", "bench_widgets"])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_every_benchmark_script_imports(bench, script):
     module = bench.import_module(script)
     assert callable(module.main)
@@ -47,3 +48,14 @@ def test_step_profile_accounts_for_the_step(bench, toy, toy_text):
     assert wall > 0 and mm_flops > 0
     assert set(seconds) <= {name for name, _ in bt.CATEGORIES}
     assert 0 < sum(seconds.values()) <= wall * 1.05
+
+
+def test_rlhf_bench_head_timing_runs_both_heads(bench, monkeypatch):
+    """head_alone times TRL's chunked head and labkit's full-logits head on the same shapes."""
+    import labkit
+    from labkit.toy import toy_model
+
+    bench_rlhf = bench.import_module("bench_rlhf")
+    monkeypatch.setattr(labkit, "load_model", lambda: toy_model())
+    times = bench_rlhf.head_alone(tokens=16, repeats=1)
+    assert set(times) == {bench_rlhf.TRL, bench_rlhf.LAB} and all(t > 0 for t in times.values())
