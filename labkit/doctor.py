@@ -77,32 +77,81 @@ def package_checks() -> list[Check]:
     return checks
 
 
-def device_checks() -> list[Check]:
+# Why the lab trains in the precision it does, by (device, the profile's mixed_precision).
+PRECISION_WHY = {
+    ("cuda", "bf16"): "bf16 autocast: this GPU has bf16 in hardware",
+    ("cuda", "fp16"): "fp16 autocast with loss scaling: this GPU only emulates bf16 (native from compute "
+                      "capability 8.0)",
+    ("cpu", "bf16"): "bf16 autocast: this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX)",
+    ("cpu", "no"): "float32: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated, slower than float32",
+    ("mps", "no"): "float32: autocast on MPS is untested",
+}
+
+
+def device_detail(device: str) -> str:
+    """The device the lab will use, and why."""
     import torch
 
-    from .models import pick_device
-    from .profiles import default_profile_name
+    from .models import mps_available
 
-    device = pick_device()
-    detail = device
-    if device == "cuda":
-        detail += f" ({torch.cuda.get_device_name(0)}, bf16: {torch.cuda.is_bf16_supported()})"
-    else:
-        detail += f" ({os.cpu_count()} cores, {platform.machine()})"
-    checks = [Check("device", True, detail)]
+    if device.startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability()
+        return f"{device} ({torch.cuda.get_device_name(0)}, compute capability {major}.{minor})"
+    if device == "mps":
+        return "mps (LABKIT_DEVICE=mps: Apple's GPU, not the lab's tested path; unset it to use the CPU)"
+    detail = f"{device} ({os.cpu_count()} cores, {platform.machine()})"
+    if torch.cuda.is_available():
+        detail += "; a CUDA GPU is here, but LABKIT_DEVICE=cpu keeps the lab on the CPU"
+    elif mps_available():
+        detail += ("; MPS available but not used by default: the lab's tested path is the CPU; "
+                   "set LABKIT_DEVICE=mps to try it")
+    return detail
+
+
+def bf16_hardware(device: str) -> str:
+    """Does ``device`` compute in bfloat16 in hardware, or emulate it?"""
+    from .profiles import cpu_has_fast_bf16, gpu_has_native_bf16
+
+    if device.startswith("cuda"):
+        return "native" if gpu_has_native_bf16() else "emulated (native from compute capability 8.0)"
+    if device == "cpu":
+        return ("native (AVX512-BF16 or AMX)" if cpu_has_fast_bf16()
+                else "emulated: this CPU has no AVX512-BF16 or AMX, so bf16 is slower than float32 here")
+    return f"native or emulated: not checked on {device}"
+
+
+def bf16_matmul_error(device: str) -> str | None:
+    """None if a small bfloat16 matmul runs on ``device``, else the error's name."""
+    import torch
+
     try:
         a = torch.ones(8, 8, dtype=torch.bfloat16, device=device)
         (a @ a).sum().item()
-        checks.append(Check("bfloat16 matmul", True, "supported"))
+        return None
     except Exception as e:  # some old GPUs and CPUs
-        checks.append(Check("bfloat16 matmul", False, f"not supported ({type(e).__name__})",
+        return type(e).__name__
+
+
+def device_checks() -> list[Check]:
+    from .models import pick_device
+    from .profiles import profile
+
+    try:
+        device = pick_device()
+    except ValueError as e:  # a bad LABKIT_DEVICE
+        return [Check("device", False, str(e), "unset LABKIT_DEVICE, or set it to auto, cpu, cuda or mps")]
+    checks = [Check("device", True, device_detail(device))]
+    error = bf16_matmul_error(device)
+    if error is None:
+        checks.append(Check("bfloat16 matmul", True, f"runs, {bf16_hardware(device)}"))
+    else:
+        checks.append(Check("bfloat16 matmul", False, f"not supported ({error})",
                             "the lab falls back to float32 / fp16 automatically"))
     try:
-        from .profiles import profile
-
         p = profile()
+        why = PRECISION_WHY.get((device.split(":")[0], p.mixed_precision))
         checks.append(Check("profile", True, f"{p.name}, training precision {p.mixed_precision} "
-                                             "(set LABKIT_PROFILE to change)"))
+                                             f"({why + '; ' if why else ''}set LABKIT_PROFILE to change)"))
     except ValueError as e:
         checks.append(Check("profile", False, str(e), "export LABKIT_PROFILE=cpu (or smoke, gpu)"))
     return checks

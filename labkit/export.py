@@ -143,7 +143,7 @@ def check_fits(cfg: TrainConfig, facts: dict, gpu_gb: float) -> dict:
 def job_config(cfg: TrainConfig) -> TrainConfig:
     """The experiment as the job runs it: unset sizes from the ``gpu`` profile (the job runs on
     GPUs, whatever profile this notebook uses), mixed precision bf16 unless set (train.py falls
-    back to fp16 on GPUs without bf16)."""
+    back to fp16 on GPUs without native bf16, such as a T4)."""
     from .profiles import profile
 
     if cfg.mixed_precision is None:
@@ -178,8 +178,9 @@ def accelerate_yaml(target: str, job: dict, layer_class: str | None) -> str:
     """One accelerate config file (YAML, commented) for ``target`` in ``TARGETS``."""
     mixed_precision = job["mixed_precision"] if job["mixed_precision"] in ("bf16", "fp16") else "no"
     clipping = job["max_grad_norm"] or 0.0
+    note = "   # train.py uses fp16 on GPUs without native bf16 (a T4, a V100)" if mixed_precision == "bf16" else ""
     common = (f"compute_environment: LOCAL_MACHINE\n"
-              f"mixed_precision: {mixed_precision}\n"
+              f"mixed_precision: {mixed_precision}{note}\n"
               "num_processes: 2                  # processes on ALL machines together (1 per GPU)\n"
               "num_machines: 1\nmachine_rank: 0\nmain_process_ip: null\nmain_process_port: null\n"
               "rdzv_backend: static\nsame_network: true\ngpu_ids: all\nuse_cpu: false\n"
@@ -224,6 +225,9 @@ def accelerate_yaml(target: str, job: dict, layer_class: str | None) -> str:
 
 def readme_text(job: dict, fmt: str, n_train: int, estimate: dict | None, gpu_gb) -> str:
     per_step = job["batch_size"] * job["gradient_accumulation_steps"]
+    precision = job["mixed_precision"]
+    if precision == "bf16":
+        precision += " (train.py uses fp16 on GPUs without native bf16, such as a T4)"
     fit = ""
     if estimate:
         fit = (f"\nMemory estimate per GPU (one full copy, as DDP keeps it): about {estimate['total_gb']:.1f} GiB "
@@ -243,7 +247,7 @@ All settings are in `job.json`; `python train.py --help` lists the flags that ov
 | steps | {job['max_steps']}, learning rate {job['learning_rate']:g}, schedule {job['schedule']}, warmup {job['warmup_steps']} |
 | batch | {job['batch_size']} sequences per GPU x {job['gradient_accumulation_steps']} accumulation = {per_step} per GPU per step |
 | length | at most {job['max_length']} tokens per sequence |
-| precision | {job['mixed_precision']} |
+| precision | {precision} |
 | seed | {job['seed']} |
 {fit}
 Sequences per optimizer step = batch_size x gradient_accumulation_steps x number of GPUs:

@@ -56,17 +56,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LABKIT_CACHE", Path.home() / ".cache" / "labkit"))
 
 
+def mps_available() -> bool:
+    """Apple's GPU (Metal Performance Shaders), on a Mac."""
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def pick_device(device: str = "auto") -> str:
-    """``auto`` means CUDA, then Apple's MPS, then the CPU."""
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}, but no CUDA GPU is available here")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """Where the lab runs. ``auto`` means CUDA if there is an NVIDIA GPU, else the CPU.
+
+    On a Mac, ``auto`` stays on the CPU even where Apple's MPS is available: the CPU is the
+    lab's tested path (bitsandbytes, TRL's heads, autocast and the CPU speed-ups are untested
+    on MPS). Opt in with ``pick_device("mps")`` or the environment variable ``LABKIT_DEVICE=mps``.
+    ``LABKIT_DEVICE`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``) sets what ``auto`` means.
+    """
+    source = "device"
+    if device == "auto":
+        device = os.environ.get("LABKIT_DEVICE", "").strip().lower() or "auto"
+        source = "LABKIT_DEVICE"
+        if device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"LABKIT_DEVICE={device!r} is not a device; choose auto, cpu, cuda, cuda:N or mps")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{source}={device!r}, but no CUDA GPU is available here")
+    if device == "mps" and not mps_available():
+        raise ValueError(f"{source}={device!r}, but Apple's MPS is not available here")
+    return device
 
 
 def _dtype(dtype) -> torch.dtype:
@@ -170,15 +185,26 @@ def resolve(name: str) -> tuple[str, ModelSpec | None]:
     return spec.hub_id, spec
 
 
-def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.float32):
-    """A ``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quantisation) or ``"8bit"``."""
+def qlora_compute_dtype(device: str) -> torch.dtype:
+    """The dtype 4-bit layers dequantise to for their matmuls: float32 on the CPU; on a CUDA GPU
+    its half precision, bf16 where native (compute capability 8.0+), else fp16 (a T4)."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    from .profiles import gpu_has_native_bf16
+
+    return torch.bfloat16 if gpu_has_native_bf16() else torch.float16
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype | None = None, device: str = "cpu"):
+    """A ``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quantisation) or ``"8bit"``.
+    ``compute_dtype`` defaults to :func:`qlora_compute_dtype` for ``device``."""
     if quantization is None:
         return None
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype or qlora_compute_dtype(device))
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(f"quantization={quantization!r}: use None, '4bit' or '8bit'")
@@ -201,17 +227,20 @@ def load_model(name: str = OFFLINE_MODEL, dtype=None, device: str = "auto",
     name:          a key of ``REGISTRY`` (``smollm2-135m-instruct`` is packaged and works offline),
                    a hub id, or a folder with safetensors weights.
     dtype:         ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
-    device:        ``"auto"`` (CUDA, then MPS, then CPU), or a device name.
-    quantization:  ``None``, ``"4bit"`` (NF4) or ``"8bit"``, through bitsandbytes.
+    device:        ``"auto"`` (CUDA, else the CPU: see :func:`pick_device`), or a device name.
+    quantization:  ``None``, ``"4bit"`` (NF4) or ``"8bit"``, through bitsandbytes. 4-bit layers
+                   compute in ``dtype`` if given, else float32 on the CPU and the GPU's half
+                   precision on CUDA (:func:`qlora_compute_dtype`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise here
+    compute_dtype = None if dtype is None else _dtype(dtype)  # 4-bit: None lets the device decide
     dtype = _dtype(dtype)
     device = pick_device(device)
-    qconfig = quantization_config(quantization, compute_dtype=dtype)
+    qconfig = quantization_config(quantization, compute_dtype=compute_dtype, device=device)
     start = time.perf_counter()
     source, spec = resolve(name)
     kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True)

@@ -4,10 +4,11 @@ One place decides steps, batch size, sequence length and evaluation sizes:
 
 - ``smoke``: the test suite; seconds per notebook section.
 - ``cpu``:   a 2-core laptop; every notebook within 5 minutes.
-- ``gpu``:   Colab's T4 (16 GB) and up; fp16 on a T4, bf16 where the GPU supports it.
+- ``gpu``:   Colab's T4 (16 GB) and up; fp16 on a T4, bf16 where the GPU has it natively.
 
 The profile is chosen automatically (a CUDA GPU gives ``gpu``, otherwise ``cpu``) and can be
 overridden with the environment variable ``LABKIT_PROFILE`` or per call: ``profile("smoke")``.
+Mixed precision follows the device the lab trains on (:func:`labkit.models.pick_device`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class Profile:
     eval_items: int       # items scored before/after (probes, held-out prompts)
     eval_every: int       # evaluate on the validation split every N steps
     max_new_tokens: int   # tokens generated per answer
-    mixed_precision: str  # "no", "bf16" or "fp16": autocast during training (CPU: bf16 where fast)
+    mixed_precision: str  # "no", "bf16" or "fp16": autocast during training (bf16 only where native)
 
     def pick(self, **per_profile):
         """Choose a notebook-specific value: ``P.pick(smoke=2, cpu=30, gpu=200)``."""
@@ -63,24 +64,46 @@ def _cpu_mixed_precision() -> str:
     return "bf16" if cpu_has_fast_bf16() else "no"
 
 
-def _gpu_mixed_precision() -> str:
+def gpu_has_native_bf16() -> bool:
+    """True where the CUDA GPU computes in bf16 in hardware: compute capability 8.0 and up (A100,
+    L4, H100). A T4 (7.5) only emulates bf16, slowly, yet ``torch.cuda.is_bf16_supported()``
+    answers True there: hence ``including_emulation=False``."""
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp16"  # a T4 has no bf16
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the keyword
+        return torch.cuda.get_device_capability() >= (8, 0)
+
+
+def _gpu_mixed_precision() -> str:
+    return "bf16" if gpu_has_native_bf16() else "fp16"  # fp16: the Trainer adds loss scaling
+
+
+def _auto_mixed_precision() -> str:
+    """The precision for the device the lab trains on: a GPU's rule on CUDA, the CPU's on the
+    CPU, float32 on Apple's MPS (autocast there is untested)."""
+    from .models import pick_device
+
+    device = pick_device()
+    if device.startswith("cuda"):
+        return _gpu_mixed_precision()
+    return _cpu_mixed_precision() if device == "cpu" else "no"
 
 
 def default_profile_name() -> str:
-    """The profile for this machine: ``LABKIT_PROFILE`` if set, else ``gpu`` with CUDA, else ``cpu``."""
+    """The profile for this machine: ``LABKIT_PROFILE`` if set, else ``gpu`` where the lab runs
+    on CUDA, else ``cpu``."""
     name = os.environ.get("LABKIT_PROFILE", "").strip().lower()
     if name:
         if name not in PROFILE_NAMES:
             raise ValueError(f"LABKIT_PROFILE={name!r} is not a profile; choose one of {PROFILE_NAMES}")
         return name
-    import torch
+    from .models import pick_device
 
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if pick_device().startswith("cuda") else "cpu"
 
 
 def profile(name: str | None = None, **overrides) -> Profile:
@@ -90,7 +113,7 @@ def profile(name: str | None = None, **overrides) -> Profile:
         raise ValueError(f"profile={name!r} is not a profile; choose one of {PROFILE_NAMES}")
     p = _PROFILES[name]
     if p.mixed_precision == "auto":
-        p = replace(p, mixed_precision=_cpu_mixed_precision())
+        p = replace(p, mixed_precision=_auto_mixed_precision())
     if name == "gpu":
         p = replace(p, mixed_precision=_gpu_mixed_precision())
     unknown = set(overrides) - set(p.to_dict())

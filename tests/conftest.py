@@ -38,3 +38,40 @@ def chunked_head_calls(monkeypatch):
     spy = type("Spy", (), {"apply": staticmethod(lambda *a: calls.append(1) or chunked.apply(*a))})
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", spy)
     return calls
+
+
+# Compute capability and name of each GPU, as torch reports them.
+FAKE_GPUS = {"T4": ((7, 5), "Tesla T4"), "A100": ((8, 0), "NVIDIA A100-SXM4-40GB")}
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """``fake_gpu("T4")`` or ``fake_gpu("A100")``: torch answers as on that GPU. A T4 (7.5) only
+    emulates bf16, so ``is_bf16_supported()`` says True there and ``including_emulation=False``
+    says False; an A100 (8.0) says True either way. No GPU code runs: test decisions, not kernels."""
+    import torch
+    import transformers  # noqa: F401  (it inspects CUDA at import: import it before faking one)
+
+    import labkit  # noqa: F401
+
+    def fake(kind: str = "T4"):
+        capability, name = FAKE_GPUS[kind]
+        monkeypatch.delenv("LABKIT_DEVICE", raising=False)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: capability >= (8, 0) or including_emulation)
+        return name
+
+    return fake
+
+
+@pytest.fixture
+def fake_mac(monkeypatch):
+    """torch answers as on an Apple laptop: no CUDA, Apple's MPS available."""
+    import torch
+
+    monkeypatch.delenv("LABKIT_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)

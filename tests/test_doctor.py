@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from labkit import doctor
 
@@ -97,3 +98,54 @@ def test_command_line_doctor_passes_here():
 def test_notebook_00_calls_the_doctor():
     nb = nbformat.read(ROOT / "notebooks" / "00_start_here.ipynb", as_version=4)
     assert any("doctor.report()" in c.source for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("gpu, precision, words", [
+    ("T4", "fp16", ["Tesla T4, compute capability 7.5", "emulated", "loss scaling"]),
+    ("A100", "bf16", ["compute capability 8.0", "native", "bf16 in hardware"])])
+def test_doctor_says_which_precision_a_gpu_trains_in_and_why(monkeypatch, fake_gpu, gpu, precision, words):
+    monkeypatch.delenv("LABKIT_PROFILE", raising=False)
+    fake_gpu(gpu)
+    monkeypatch.setattr(doctor, "bf16_matmul_error", lambda device: None)  # no GPU to run it on
+    checks = {c.name: c for c in doctor.device_checks()}
+    assert checks["device"].detail.startswith("cuda (")
+    assert checks["profile"].detail.startswith(f"gpu, training precision {precision} (")
+    text = " | ".join(c.detail for c in checks.values())
+    for word in words:
+        assert word in text, text
+    assert ("emulated" in checks["bfloat16 matmul"].detail) == (gpu == "T4")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_doctor_explains_the_cpus_precision(monkeypatch, fast):
+    """Issue #22: "bfloat16 matmul: supported" beside "training precision no" said nothing of why."""
+    import torch
+
+    from labkit import profiles
+
+    monkeypatch.delenv("LABKIT_PROFILE", raising=False)
+    monkeypatch.delenv("LABKIT_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(profiles, "cpu_has_fast_bf16", lambda: fast)
+    checks = {c.name: c for c in doctor.device_checks()}
+    bf16, prof = checks["bfloat16 matmul"].detail, checks["profile"].detail
+    if fast:
+        assert "native (AVX512-BF16 or AMX)" in bf16 and prof.startswith("cpu, training precision bf16 (")
+    else:
+        assert "emulated" in bf16 and "no AVX512-BF16 or AMX" in bf16 and "slower than float32" in bf16
+        assert prof.startswith("cpu, training precision no (float32: ") and "emulated" in prof
+
+
+def test_doctor_says_a_mac_uses_the_cpu_unless_mps_is_chosen(monkeypatch, fake_mac):
+    monkeypatch.setattr(doctor, "bf16_matmul_error", lambda device: None)  # no MPS to run it on
+    device = next(c for c in doctor.device_checks() if c.name == "device")
+    assert device.ok and device.detail.startswith("cpu (")
+    assert ("MPS available but not used by default: the lab's tested path is the CPU; "
+            "set LABKIT_DEVICE=mps to try it") in device.detail
+    monkeypatch.setenv("LABKIT_DEVICE", "mps")
+    checks = {c.name: c for c in doctor.device_checks()}
+    assert checks["device"].detail.startswith("mps (LABKIT_DEVICE=mps") and checks["profile"].ok
+    assert "training precision no (float32" in checks["profile"].detail
+    monkeypatch.setenv("LABKIT_DEVICE", "gpu")
+    bad = doctor.device_checks()[0]
+    assert not bad.ok and "LABKIT_DEVICE='gpu'" in bad.detail and "LABKIT_DEVICE" in bad.fix

@@ -206,3 +206,23 @@ def test_every_keyword_the_exported_script_passes_still_exists():
     assert {"SFTConfig", "SFTTrainer", "LoraConfig", "BitsAndBytesConfig"} <= {c.target for c in calls}
     found = drift.problems(calls)
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("gpu, requested, expected", [
+    ("T4", "bf16", "fp16"), ("A100", "bf16", "bf16"), ("T4", "no", "no"), ("T4", "fp16", "fp16")])
+def test_exported_script_trains_in_bf16_only_where_the_gpu_has_it(fake_gpu, gpu, requested, expected):
+    """train.py's own choice, imported from the template (a T4 answers is_bf16_supported() with True);
+    QLoRA's 4-bit layers compute in that precision."""
+    import importlib.util
+
+    import torch
+
+    from labkit.export import TEMPLATES
+
+    spec = importlib.util.spec_from_file_location("exported_train", TEMPLATES / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    fake_gpu(gpu)
+    assert train.precision_for_this_gpu(requested) == expected
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
+    assert train.compute_dtype({"mixed_precision": expected}) == dtypes[expected]

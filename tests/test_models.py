@@ -17,8 +17,34 @@ def test_registry_covers_the_lab_models():
         assert hub_id in ids
 
 
-def test_auto_device_is_cpu_here():
-    assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else pick_device("auto"))
+@pytest.mark.parametrize("cuda, mps, env, expected", [
+    (True, False, None, "cuda"), (True, True, None, "cuda"), (False, False, None, "cpu"),
+    (False, True, None, "cpu"),      # a Mac: the tested CPU path unless MPS is opted into ...
+    (False, True, "mps", "mps"),     # ... with LABKIT_DEVICE=mps
+    (True, False, "cpu", "cpu")])    # LABKIT_DEVICE=cpu keeps the lab off a GPU
+def test_auto_device_decides_from_the_hardware(monkeypatch, cuda, mps, env, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.delenv("LABKIT_DEVICE", raising=False)
+    if env:
+        monkeypatch.setenv("LABKIT_DEVICE", env)
+    assert pick_device("auto") == expected
+
+
+def test_mps_is_opt_in_and_bad_devices_are_refused(monkeypatch, fake_mac):
+    assert pick_device() == "cpu" and pick_device("mps") == "mps"
+    monkeypatch.setenv("LABKIT_DEVICE", "metal")
+    with pytest.raises(ValueError, match="LABKIT_DEVICE='metal' is not a device"):
+        pick_device()
+    monkeypatch.setenv("LABKIT_DEVICE", "cuda")
+    with pytest.raises(ValueError, match="LABKIT_DEVICE='cuda', but no CUDA GPU"):
+        pick_device()
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device='mps', but Apple's MPS is not available"):
+        pick_device("mps")
+
+
+def test_bad_dtype_and_quantization_are_refused():
     with pytest.raises(ValueError, match="dtype"):
         load_model(dtype="int3")
     with pytest.raises(ValueError, match="quantization"):

@@ -29,3 +29,18 @@ def test_overrides_and_pick():
 
 def test_gpu_profile_uses_mixed_precision():
     assert profile("gpu").mixed_precision in ("bf16", "fp16")
+
+
+@pytest.mark.parametrize("gpu, fp16, bf16", [("T4", True, False), ("A100", False, True)])
+def test_the_trainer_gets_the_gpus_precision(monkeypatch, fake_gpu, gpu, fp16, bf16):
+    """A T4 trains in fp16, which the Trainer pairs with loss scaling (a GradScaler); an A100 in
+    bf16. (SFTConfig itself would set up the faked GPU, so its keywords are caught instead.)"""
+    import trl
+
+    from labkit.training import TrainConfig, sft_config
+
+    monkeypatch.delenv("LABKIT_PROFILE", raising=False)
+    fake_gpu(gpu)
+    monkeypatch.setattr(trl, "SFTConfig", dict)
+    args = sft_config(TrainConfig().resolved(profile()), "unused", has_eval=False, device="cuda")
+    assert (args["fp16"], args["bf16"], args["use_cpu"]) == (fp16, bf16, False)

@@ -54,3 +54,18 @@ def test_nf4_model_is_smaller_than_bf16():
     model, _ = load_model(quantization="4bit", device="cpu")
     nf4 = q.model_bytes(model)
     assert 0.25 * 538e6 < nf4 < 0.5 * 538e6   # fp32 is 538 MB; embeddings stay unquantised
+
+
+@pytest.mark.parametrize("gpu, expected", [(None, torch.float32), ("T4", torch.float16), ("A100", torch.bfloat16)])
+def test_qlora_computes_in_the_gpus_half_precision(fake_gpu, gpu, expected):
+    """float32 on the CPU; on CUDA bf16 where native, else fp16 (a T4 only emulates bf16)."""
+    from labkit.models import pick_device, quantization_config
+
+    device = "cpu"
+    if gpu:
+        fake_gpu(gpu)
+        device = pick_device()
+    config = quantization_config("4bit", device=device)
+    assert config.load_in_4bit and config.bnb_4bit_compute_dtype == expected
+    chosen = quantization_config("4bit", compute_dtype=torch.float32, device=device)  # load_model(dtype=...)
+    assert chosen.bnb_4bit_compute_dtype == torch.float32

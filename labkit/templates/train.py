@@ -57,10 +57,17 @@ def read_job() -> dict:
     # The model: a local folder if it exists here, else the hub id (needs a network or a cache).
     if not Path(job["model"]).is_dir():
         job["model"] = job.get("hub_id") or job["model"]
-    # Older GPUs (a T4, a V100) have no bf16: use fp16 there.
-    if job["mixed_precision"] == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        job["mixed_precision"] = "fp16"
+    job["mixed_precision"] = precision_for_this_gpu(job["mixed_precision"])
     return job
+
+
+def precision_for_this_gpu(requested: str) -> str:
+    """bf16 only where the GPU has it natively (compute capability 8.0+: A100, L4, H100). A T4
+    or V100 merely emulates bf16, slowly, and torch.cuda.is_bf16_supported() still answers True
+    there: train in fp16 instead (the Trainer adds loss scaling, a GradScaler)."""
+    if requested != "bf16" or not torch.cuda.is_available():
+        return requested
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 # --- 2. the data --------------------------------------------------------------------------------
