@@ -7,7 +7,7 @@
     ])
 
 The notebook starts with the Colab setup cell (labkit/colab.py) and a title cell with the
-"Open in Colab" badge; outputs are left empty (the tests execute every notebook)."""
+"Open in Colab" link; outputs are left empty (the tests execute every notebook)."""
 from __future__ import annotations
 
 import sys
