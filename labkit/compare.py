@@ -11,8 +11,10 @@ assistant's reply only. Every method is measured the same way:
                ``quality_ratio`` = (base loss - method loss) / (base loss - full fine-tuning loss),
                the share of full fine-tuning's improvement the method gets
 - trainable parameters, step time (median seconds per optimizer step)
-- peak memory: the weights' bytes plus the highest memory above the start during training
-               (CPU: sampled resident memory; GPU: PyTorch's peak counter)
+- peak memory: the weights' bytes plus the highest memory above what was in use when training
+               began (so other models in memory do not count). GPU: CUDA memory allocated, from
+               PyTorch's peak counter; CPU: the process's sampled resident memory (RSS). Saved
+               with ``peak_memory_measure``, which says which of the two it is.
 - size on disk: the adapter (or the full checkpoint), saved with safetensors
 - forgetting:  accuracy on a subset of the general-knowledge cloze probe, after against the fp32
                base model (for QLoRA the 4-bit model's own starting loss and accuracy are kept too,
@@ -23,6 +25,7 @@ Results are JSON with the config that produced them (PEFT's method-comparison la
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -30,11 +33,12 @@ from pathlib import Path
 import torch
 
 from .data import data_path, read_jsonl
-from .memory import PeakMemory
+from .memory import PeakMemory, measure
 from .models import count_parameters, footprint_bytes, load_model
 from .probes import cloze_accuracy
 from .profiles import profile as get_profile
 from .training import TrainConfig, train
+from .plots import LabFigure
 
 OUTPUT_DIR = Path("outputs") / "method_comparison"
 METHODS = ("full", "lora", "qlora", "dora")
@@ -98,10 +102,6 @@ def heldout_loss(model, tokenizer, records, max_length: int = 256) -> float:
     return total / count
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def save_checkpoint(model, method: str, folder: Path) -> int:
     """Save the adapter (LoRA/DoRA/QLoRA) or the whole model (full) as safetensors; return the
     bytes of the weight files."""
@@ -149,7 +149,7 @@ def run_method(method: str, profile=None, snapshot_every: int | None = None, sav
     callbacks = []
     if snapshot_every and method != "qlora":
         callbacks.append(WeightSnapshots("q_proj", every=snapshot_every, method=method))
-    start, start_mb = time.perf_counter(), PeakMemory.rss_mb() if not torch.cuda.is_available() else 0.0
+    start, start_mb = time.perf_counter(), PeakMemory().current_mb()  # weights included: counted once below
     res = train(model, tok, train_set, cfg, profile=p, live=live, label=method, callbacks=callbacks)
     model = res.model
     folder = output_dir() / f"{method}_checkpoint"
@@ -161,11 +161,12 @@ def run_method(method: str, profile=None, snapshot_every: int | None = None, sav
     loss = heldout_loss(model, tok, heldout, HELDOUT_MAX_LENGTH)
     result = {
         "method": method, "profile": p.name, "config": res.config.to_dict(),
-        "heldout_loss": loss, "heldout_perplexity": float(torch.exp(torch.tensor(loss))),
+        "heldout_loss": loss, "heldout_perplexity": math.exp(loss),
         "trainable_params": count_parameters(model, trainable_only=True),
         "total_params": count_parameters(model) - (0 if method == "full" else count_parameters(model, trainable_only=True)),
         "weights_mb": weights_mb,
         "peak_memory_mb": weights_mb + max(0.0, res.history.peak_memory_mb - start_mb),
+        "peak_memory_measure": f"weights + training's peak above its start ({measure()})",
         "step_time_s": step_time(res.history),
         "disk_mb": disk / 2**20,
         "probe_accuracy": cloze_accuracy(model, tok, probe),
@@ -225,7 +226,7 @@ def results_table(results: dict[str, dict]):
         if r is None:
             continue
         row = {"method": m, "heldout_loss": r["heldout_loss"],
-               "heldout_perplexity": float(torch.exp(torch.tensor(r["heldout_loss"]))),
+               "heldout_perplexity": math.exp(r["heldout_loss"]),
                "trainable_params": r.get("trainable_params", 0),
                "trainable_percent": 100 * r.get("trainable_params", 0) / r["total_params"] if "total_params" in r else 0.0,
                "peak_memory_mb": r.get("peak_memory_mb"), "step_time_s": r.get("step_time_s"),
@@ -246,7 +247,7 @@ def comparison_figure(table, metric: str = "heldout_loss", ylabel: str | None = 
 
     from .plots import color
 
-    fig = go.Figure(go.Bar(x=list(table.index), y=list(table[metric]),
+    fig = LabFigure(go.Bar(x=list(table.index), y=list(table[metric]),
                            marker_color=[color(m) for m in table.index],
                            text=[f"{v:.3g}" for v in table[metric]], textposition="outside"))
     fig.update_layout(title=title or metric, xaxis_title="method", yaxis_title=ylabel or metric,
@@ -264,12 +265,14 @@ def sweep_run(label: str, profile=None, **overrides) -> dict:
     cfg = comparison_config(method, p, **{**small, **overrides})
     train_set, heldout, _ = task_data(p)
     model, tok = load_model(quantization="4bit" if method == "qlora" else None)
+    weights_mb, start_mb = footprint_bytes(model) / 2**20, PeakMemory().current_mb()  # as in run_method
     res = train(model, tok, train_set, cfg, profile=p, live=False, label=label)
     return {"label": label, "method": method, "lora_r": cfg.lora_r,
             "target_modules": cfg.target_modules if isinstance(cfg.target_modules, str) else "+".join(cfg.target_modules),
             "trainable_params": count_parameters(res.model, trainable_only=True),
             "heldout_loss": heldout_loss(res.model, tok, heldout[: p.pick(smoke=2, cpu=20, gpu=40)], HELDOUT_MAX_LENGTH),
-            "step_time_s": step_time(res.history), "peak_memory_mb": res.history.peak_memory_mb}
+            "step_time_s": step_time(res.history),
+            "peak_memory_mb": weights_mb + max(0.0, res.history.peak_memory_mb - start_mb)}
 
 
 def magnitude_direction_figure(results: dict[str, dict], methods=("full", "lora", "dora")):
@@ -295,7 +298,7 @@ def magnitude_direction_figure(results: dict[str, dict], methods=("full", "lora"
     fig.update_yaxes(title_text="ΔM (mean |Δ row norm|)", row=1, col=1)
     fig.update_layout(height=380, margin=dict(l=60, r=20, t=80, b=50),
                       title="Magnitude against direction change of q_proj, every layer and checkpoint")
-    return fig
+    return LabFigure(fig)
 
 
 def magnitude_direction_correlation(df) -> dict[str, float]:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from .plots import FigureWidget
+from .plots import LabFigure, Panel
 
 # --- LoRA from scratch --------------------------------------------------------------------------
 
@@ -36,8 +36,9 @@ class LoRALinear(nn.Module):
         self.base, self.r, self.alpha = base, r, alpha
         self.scaling = alpha / r
         base.requires_grad_(False)
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=base.weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))
+        device, dtype = base.weight.device, base.weight.dtype  # A and B live where W does
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=device, dtype=dtype))
         # A as nn.Linear initialises its weight (and as PEFT does); B = 0 so that B A = 0 at the start.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
@@ -47,9 +48,6 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """The update this adapter adds to W: (alpha/r) B A, shape (out, in)."""
         return self.scaling * self.lora_B @ self.lora_A
-
-    def merged_weight(self) -> torch.Tensor:
-        return self.base.weight + self.delta_weight()
 
 
 def wrap_linears(model: nn.Module, target_modules, r: int = 8, alpha: float = 16) -> list[str]:
@@ -189,7 +187,6 @@ def rank_widget(arch: ArchShape | None = None, r: int = 8, alpha: int = 16, targ
     model and the published architectures. Returns an object with ``.controls``, ``.figure``,
     ``.table`` (a DataFrame of the current numbers) and ``.widget`` (to display)."""
     import ipywidgets as W
-    import plotly.graph_objects as go
 
     archs = list(ARCHITECTURES.values()) if arch is None else [arch, *[
         a for a in ARCHITECTURES.values() if a.name != arch.name]]
@@ -203,7 +200,7 @@ def rank_widget(arch: ArchShape | None = None, r: int = 8, alpha: int = 16, targ
         "alpha": W.IntSlider(value=alpha, min=1, max=512, description="alpha"),
         "targets": W.Dropdown(options=list(TARGETS), value=target_modules, description="adapt"),
     }
-    self.figure = FigureWidget(layout=dict(
+    self.figure = LabFigure(layout=dict(
         xaxis_title="model", yaxis_title="trainable parameters (% of the model, log scale)",
         yaxis_type="log", height=380, margin=dict(l=60, r=20, t=60, b=50)))
     self.figure.add_bar(x=[a.name for a in archs], y=[1] * len(archs), marker_color="#1f77b4",
@@ -228,7 +225,7 @@ def rank_widget(arch: ArchShape | None = None, r: int = 8, alpha: int = 16, targ
     for c in self.controls.values():
         c.observe(update, names="value")
     update()
-    self.widget = W.VBox([W.HBox(list(self.controls.values())), self.label, self.figure])
+    self.widget = Panel([W.HBox(list(self.controls.values())), self.label, self.figure])
     return self
 
 
@@ -317,18 +314,3 @@ class WeightSnapshots:
                                           "delta_m": dm, "delta_d": dd})
 
         return _Snapshots()
-
-
-def change_table(snapshots: dict[int, dict[str, torch.Tensor]], method: str = ""):
-    """ΔM and ΔD of every layer at every kept step, against step 0 (a DataFrame)."""
-    import pandas as pd
-
-    start = snapshots[min(snapshots)]
-    rows = []
-    for step, weights in sorted(snapshots.items()):
-        if step == min(snapshots):
-            continue
-        for layer, w in weights.items():
-            dm, dd = magnitude_direction_change(start[layer], w)
-            rows.append({"method": method, "step": step, "layer": layer, "delta_m": dm, "delta_d": dd})
-    return pd.DataFrame(rows)
