@@ -1,7 +1,7 @@
 """The memory calculator: will a fine-tune fit on a GPU, and what takes the space?
 
     b = estimate("llama-2-7b", method="qlora", optimizer="adamw", seq_len=512, batch=1)
-    b.total_gb, b.as_dict()          # weights, gradients, optimizer state, activations (GiB)
+    b.total_gb, b.gb()               # the total; each part: weights, gradients, optimizer state, ... (GiB)
     fits(b, gpu_gb=24)               # True / False
 
 ``model`` is a published architecture's name (``labkit.lora.ARCHITECTURES``), an
@@ -35,10 +35,10 @@ QLoRA; 16-bit full fine-tuning of it needing more than 780 GB).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .lora import ARCHITECTURES, ArchShape, lora_parameter_count, total_parameter_count
-from .plots import FigureWidget
+from .plots import LabFigure, Panel
 
 GIB = 2**30
 METHODS = ("full", "lora", "qlora", "dora")
@@ -70,10 +70,6 @@ class Breakdown:
     def gb(self) -> dict[str, float]:
         """Each part in GiB."""
         return {p: getattr(self, p) / GIB for p in PARTS}
-
-    def as_dict(self) -> dict:
-        return {**self.gb(), "total_gb": self.total_gb, "total_params": self.total_params,
-                "trainable_params": self.trainable_params, "inputs": self.inputs}
 
 
 def shape_for_params(n_params: float, vocab: int = 32000) -> ArchShape:
@@ -172,14 +168,6 @@ def fits(breakdown: Breakdown, gpu_gb: float) -> bool:
     return breakdown.total_gb <= gpu_gb
 
 
-def compare_methods(model, methods=("full", "lora", "qlora"), **kwargs):
-    """One row per method (a DataFrame in GiB): what each part takes."""
-    import pandas as pd
-
-    return pd.DataFrame([{"method": m, **estimate(model, method=m, **kwargs).gb(),
-                          "total_gb": estimate(model, method=m, **kwargs).total_gb} for m in methods])
-
-
 # --- the widget -------------------------------------------------------------------------------
 
 PART_COLORS = {"weights": "#7f7f7f", "gradients": "#d62728", "optimizer": "#ff7f0e",
@@ -195,7 +183,6 @@ def calculator_widget(model: str = "llama-2-7b", method: str = "qlora", optimize
     Returns an object with ``.controls`` (dict), ``.figure``, ``.breakdown``, ``.verdict`` and
     ``.widget``."""
     import ipywidgets as W
-    import plotly.graph_objects as go
 
     class CalculatorWidget:
         pass
@@ -211,7 +198,7 @@ def calculator_widget(model: str = "llama-2-7b", method: str = "qlora", optimize
         "gradient_checkpointing": W.Checkbox(value=False, description="gradient checkpointing"),
         "gpu": W.Dropdown(options=list(GPUS), value=gpu, description="GPU"),
     }
-    self.figure = FigureWidget(layout=dict(
+    self.figure = LabFigure(layout=dict(
         barmode="stack", xaxis_title="method", yaxis_title="memory (GiB)", height=420,
         margin=dict(l=60, r=20, t=70, b=50), legend=dict(orientation="h", y=-0.2)))
     for part in PARTS:
@@ -245,9 +232,9 @@ def calculator_widget(model: str = "llama-2-7b", method: str = "qlora", optimize
     for w in self.controls.values():
         w.observe(update, names="value")
     update()
-    self.widget = W.VBox([W.HBox([self.controls["model"], self.controls["gpu"], self.controls["optimizer"]]),
-                          self.controls["method"],
-                          W.HBox([self.controls["seq_len"], self.controls["batch"],
-                                  self.controls["gradient_checkpointing"]]),
-                          self.verdict, self.figure])
+    self.widget = Panel([W.HBox([self.controls["model"], self.controls["gpu"], self.controls["optimizer"]]),
+                         self.controls["method"],
+                         W.HBox([self.controls["seq_len"], self.controls["batch"],
+                                 self.controls["gradient_checkpointing"]]),
+                         self.verdict, self.figure])
     return self

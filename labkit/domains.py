@@ -17,7 +17,7 @@ import math
 import random
 
 from .data import read_jsonl
-from .plots import FigureWidget
+from .plots import LabFigure, Panel
 
 DOMAINS = {"medical": "discharge", "legal": "motion", "code": "function"}
 TARGET_SENSE = {"medical": "medical", "legal": "legal", "code": "code"}
@@ -116,7 +116,6 @@ class ProbeExplorer:
 
     def __init__(self, results: dict, colors: dict | None = None):
         import ipywidgets as widgets
-        import plotly.graph_objects as go
 
         from .plots import COLORS
 
@@ -131,7 +130,7 @@ class ProbeExplorer:
         colors = colors or {"before": COLORS["base"], "after": COLORS["lora"]}
         self.domain = widgets.Dropdown(options=list(results), value=next(iter(results)),
                                        description="domain")
-        self.figure = FigureWidget()
+        self.figure = LabFigure()
         self.figure.add_bar(name="before (base model)", marker_color=colors["before"])
         self.figure.add_bar(name="after domain tuning", marker_color=colors["after"])
         self.figure.update_layout(barmode="group", height=420, yaxis_range=[0, 1],
@@ -140,7 +139,7 @@ class ProbeExplorer:
                                   margin=dict(l=60, r=20, t=70, b=60),
                                   legend=dict(orientation="h", y=-0.3))
         self.domain.observe(lambda change: self.show(change["new"]), names="value")
-        self.widget = widgets.VBox([self.domain, self.figure])
+        self.widget = Panel([self.domain, self.figure])
         self.show(self.domain.value)
 
     def show(self, domain: str):

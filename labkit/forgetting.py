@@ -23,7 +23,7 @@ from .data import read_jsonl
 from .plots import COLORS
 from .predictions import perplexity
 from .probes import cloze_accuracy, sense_table
-from .plots import FigureWidget
+from .plots import LabFigure, Panel
 
 
 @dataclass
@@ -186,7 +186,7 @@ def frontier_figure(rows, title: str | None = None):
     fig.update_yaxes(title_text="perplexity change (%)", row=1, col=2)
     fig.update_layout(title=title or frontier_title(rows), height=420, margin=dict(l=60, r=20, t=80, b=50),
                       legend=dict(orientation="h", y=-0.25))
-    return fig
+    return LabFigure(fig)
 
 
 def frontier_title(rows) -> str:
@@ -242,9 +242,7 @@ def neutral_winners(result: dict):
 
 def sense_figure(before: dict, runs: dict, title: str | None = None):
     """Grouped bars: mean change of log P per sense (sense-specific prompts), one group per run."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
+    fig = LabFigure()
     last = None
     for name, (after, color) in runs.items():
         s = sense_shift(before, after)
@@ -268,11 +266,13 @@ class ForgettingLab:
     """Controls for one narrow fine-tune (learning rate, steps, method, replay share), a button that
     trains and measures, and a before/after figure. ``run()`` does what the button does."""
 
+    MEASURES = {"in-domain loss": "domain_loss", "knowledge accuracy": "knowledge_acc",
+                "general perplexity": "general_ppl"}   # bar label -> key of a measured row
+
     def __init__(self, load, train_data, probes: ForgettingProbes, before: dict, replay_pool=None,
                  learning_rate: float = 1e-4, steps: int = 10, method: str = "full",
                  **train_kwargs):
         import ipywidgets as W
-        import plotly.graph_objects as go
 
         self.load, self.train_data, self.probes, self.before = load, train_data, probes, before
         self.replay_pool, self.train_kwargs, self.rows = replay_pool or [], train_kwargs, []
@@ -288,10 +288,11 @@ class ForgettingLab:
         self.button.on_click(lambda _: self.run())
         self.controls = W.VBox([W.HBox([self.lr, self.steps]), W.HBox([self.method, self.replay]),
                                 self.button])
-        self.figure = FigureWidget()
-        self.figure.add_bar(x=[], y=[], name="base model", marker_color=COLORS["base"])
+        self.figure = LabFigure()
+        self.figure.add_bar(x=list(self.MEASURES), y=[1.0] * len(self.MEASURES), name="base model",
+                            marker_color=COLORS["base"])   # every measure ÷ itself
         self.figure.update_layout(yaxis_title="value after ÷ value before", height=340,
-                                  title="Press the button: each run adds a group of bars",
+                                  title="The base model (1.0 on every measure). Press the button: each run adds bars",
                                   margin=dict(l=60, r=20, t=60, b=50), barmode="group")
 
     def config(self) -> dict:
@@ -307,10 +308,8 @@ class ForgettingLab:
             row = fine_tune_and_measure(self.load, self.train_data, self.probes, self.before, label=label,
                                         replay_share=share, replay_pool=self.replay_pool, **cfg)
         self.rows.append(row)
-        names = ["in-domain loss", "knowledge accuracy", "general perplexity"]
-        keys = ["domain_loss", "knowledge_acc", "general_ppl"]
+        names, keys = list(self.MEASURES), list(self.MEASURES.values())
         with self.figure.batch_update():
-            self.figure.data[0].x, self.figure.data[0].y = names, [1.0] * 3
             self.figure.add_bar(x=names, y=[row[k] / self.before[k] if self.before[k] else float("nan") for k in keys], name=label,
                                 marker_color=COLORS.get(row["method"]))
             self.figure.layout.title = (f"{label}: in-domain loss {row['domain_gain']:+.2f} nats/token "
@@ -319,6 +318,5 @@ class ForgettingLab:
         return row
 
     def widget(self):
-        import ipywidgets as W
 
-        return W.VBox([self.controls, self.figure, self.output])
+        return Panel([self.controls, self.figure, self.output])

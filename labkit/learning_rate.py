@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 from transformers import TrainerCallback
-from .plots import FigureWidget
+from .plots import LabFigure, Panel
 
 # --- 1. a two-parameter loss surface --------------------------------------------------------------
 
@@ -91,7 +91,6 @@ class SurfaceExplorer:
 
     def __init__(self, learning_rate: float = 0.05, steps: int = 30):
         import ipywidgets as W
-        import plotly.graph_objects as go
 
         self.steps = steps
         self.lr = W.FloatLogSlider(value=learning_rate, base=10, min=-3, max=-0.5, step=0.05,
@@ -100,7 +99,7 @@ class SurfaceExplorer:
         self.step = W.IntSlider(value=steps, min=0, max=steps, description="step")
         self.play = W.Play(value=steps, min=0, max=steps, interval=150, description="play")
         W.jslink((self.play, "value"), (self.step, "value"))
-        self.figure = FigureWidget(data=[_contour()])
+        self.figure = LabFigure(data=[_contour()])
         self.figure.add_scatter(x=[], y=[], mode="lines+markers", name="path", line=dict(width=2))
         self.figure.add_scatter(x=[0], y=[0], mode="markers", name="minimum",
                                 marker=dict(symbol="star", size=14, color="black"))
@@ -123,9 +122,7 @@ class SurfaceExplorer:
                             f"(step {len(shown) - 1}, loss {float(surface_loss(*w)):.3g})")
 
     def widget(self):
-        import ipywidgets as W
-
-        return W.VBox([self.controls, self.figure])
+        return Panel([self.controls, self.figure])
 
 
 def regimes_animation(learning_rates=(0.005, 0.05, 0.17, 0.21), steps: int = 30):
@@ -140,7 +137,7 @@ def regimes_animation(learning_rates=(0.005, 0.05, 0.17, 0.21), steps: int = 30)
         return [go.Scatter(x=p[:k + 1, 0], y=p[:k + 1, 1], mode="lines+markers", name=names[lr],
                            line=dict(color=REGIME_COLORS[classify_path(p)])) for lr, p in paths.items()]
 
-    fig = go.Figure(data=[_contour(), *traces(0)],
+    fig = LabFigure(data=[_contour(), *traces(0)],
                     frames=[go.Frame(data=traces(k), traces=list(range(1, len(paths) + 1)), name=str(k))
                             for k in range(steps + 1)])
     fig.update_layout(
@@ -186,14 +183,11 @@ class StopWhenDiverged(TrainerCallback):
 
 
 class SweepPlot:
-    """One ``FigureWidget``; ``new_run(label)`` adds a trace and returns the callable that
-    ``labkit.train(plot=...)`` feeds with each step's row."""
+    """One chart; ``new_run(label)`` adds a line and returns the callable that
+    ``labkit.train(plot=...)`` feeds with each step's row, which redraws the chart."""
 
-    def __init__(self, title: str = "Loss per step, one line per learning rate", widget: bool = True):
-        import plotly.graph_objects as go
-
-        make = FigureWidget if widget else go.Figure
-        self.figure = make(layout=dict(title=title, xaxis_title="optimizer step",
+    def __init__(self, title: str = "Loss per step, one line per learning rate"):
+        self.figure = LabFigure(layout=dict(title=title, xaxis_title="optimizer step",
                                        yaxis_title="training loss (cross-entropy, nats/token)",
                                        height=380, margin=dict(l=60, r=20, t=60, b=50)))
 
@@ -203,8 +197,9 @@ class SweepPlot:
 
         def on_row(row, ev):
             if row is not None and math.isfinite(row["loss"]):
-                trace.x = tuple(trace.x) + (row["step"],)
-                trace.y = tuple(trace.y) + (row["loss"],)
+                with self.figure.batch_update():
+                    trace.x = tuple(trace.x) + (row["step"],)
+                    trace.y = tuple(trace.y) + (row["loss"],)
         on_row.trace = trace
         return on_row
 
@@ -244,15 +239,22 @@ def lr_sweep(load, train_data, learning_rates, plot: SweepPlot | None = None, fa
         fate = (f"diverged at step {diverged}" if diverged else
                 f"loss {losses[0]:.2f} → {losses[-1]:.2f}")
         if on_row is not None:
-            on_row.trace.name = f"lr={lr:.0e}: {fate}"
-            if diverged:
-                on_row.trace.line.dash = "dot"
+            with plot.figure.batch_update():
+                on_row.trace.name = f"lr={lr:.0e}: {fate}"
+                if diverged:
+                    on_row.trace.line.dash = "dot"
         rows.append({"learning_rate": lr, "first_loss": losses[0], "last_loss": losses[-1],
                      "best_loss": min((x for x in losses if math.isfinite(x)), default=float("nan")),
                      "diverged_at": diverged, "fate": fate, "steps_run": len(result.history.rows),
                      "losses": losses, "config": result.config.to_dict(),
                      "updates": updates.rows if updates else None})
         del model, result
+    if plot is not None:
+        diverged = sum(1 for r in rows if r["diverged_at"])
+        calm = [r for r in rows if r["diverged_at"] is None and math.isfinite(r["last_loss"])]
+        best = f", lowest final loss at lr={min(calm, key=lambda r: r['last_loss'])['learning_rate']:.0e}" if calm else ""
+        with plot.figure.batch_update():
+            plot.figure.layout.title = f"Sweep over {len(rows)} learning rates: {diverged} diverged{best}"
     return rows
 
 
@@ -302,14 +304,13 @@ class ScheduleExplorer:
     def __init__(self, total_steps: int = 100, warmup_steps: int = 10, learning_rate: float = 2e-4,
                  names=SCHEDULE_NAMES):
         import ipywidgets as W
-        import plotly.graph_objects as go
 
         self.names, self.learning_rate = names, learning_rate
         self.total = W.IntSlider(value=total_steps, min=2, max=1000, step=1, description="total steps",
                                  continuous_update=False, style={"description_width": "initial"})
         self.warmup = W.IntSlider(value=warmup_steps, min=0, max=500, step=1, description="warmup steps",
                                   continuous_update=False, style={"description_width": "initial"})
-        self.figure = FigureWidget()
+        self.figure = LabFigure()
         for n in names:
             self.figure.add_scatter(x=[], y=[], mode="lines", name=n, line=dict(color=SCHEDULE_COLORS[n]))
         self.figure.update_layout(xaxis_title="optimizer step", yaxis_title="learning rate", height=360,
@@ -331,9 +332,7 @@ class ScheduleExplorer:
                                         f"steps, then constant, linear or cosine decay to step {total}")
 
     def widget(self):
-        import ipywidgets as W
-
-        return W.VBox([self.controls, self.figure])
+        return Panel([self.controls, self.figure])
 
 
 # --- 4. how big is one update? -----------------------------------------------------------------
@@ -398,11 +397,9 @@ def update_size_summary(rows) -> dict:
 
 def update_size_figure(rows, title: str | None = None):
     """A box per module kind of the per-step relative update (log scale), with the claimed band."""
-    import plotly.graph_objects as go
-
     summary = update_size_summary(rows)
     kinds = sorted({r["kind"] for r in rows})
-    fig = go.Figure()
+    fig = LabFigure()
     for k in kinds:
         fig.add_box(y=[r["relative_update"] for r in rows if r["kind"] == k], name=k, boxpoints=False,
                     marker_color="#d62728")

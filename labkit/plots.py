@@ -2,6 +2,9 @@
 notebook, so a learner can read a chart at a glance."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import ipywidgets as W
 import plotly.graph_objects as go
 
 COLORS = {
@@ -27,33 +30,24 @@ def _layout(fig, title, xaxis_title, yaxis_title, height=360):
 def top_k_bar(table, title: str = "Next-token probabilities", figure=None, name: str = "model",
               bar_color: str | None = None):
     """A bar per candidate token (a table from ``predictions.next_token_distribution``).
-    Pass an existing ``figure`` (e.g. a ``FigureWidget``) to redraw it in place."""
+    Pass an existing ``figure`` (e.g. a :class:`LabFigure`) to redraw it in place."""
     labels = [repr(t)[1:-1] or "∅" for t in table["token"]]  # show spaces and newlines visibly
-    fig = figure if figure is not None else go.Figure()
-    with fig.batch_update() if hasattr(fig, "batch_update") else _nullcontext():
+    fig = figure if figure is not None else LabFigure()
+    with fig.batch_update():
         if len(fig.data) == 0:
             fig.add_bar(x=labels, y=list(table["probability"]), name=name,
                         marker_color=bar_color or COLORS["base"])
         else:
             fig.data[0].x, fig.data[0].y = labels, list(table["probability"])
         _layout(fig, title, "candidate next token (spaces shown as ' ')", "probability")
-        fig.update_yaxes(range=[0, 1])
+        top = max(table["probability"], default=1.0)   # small bars stay visible at high temperature
+        fig.update_yaxes(range=[0, min(1.0, 1.15 * top)])
     return fig
-
-
-def before_after_bar(before: dict, after: dict, title: str, yaxis_title: str = "probability",
-                     after_name: str = "after", after_key: str = "after"):
-    """Grouped bars: a value per label, before and after tuning."""
-    labels = list(before)
-    fig = go.Figure()
-    fig.add_bar(x=labels, y=[before[k] for k in labels], name="before", marker_color=COLORS["base"])
-    fig.add_bar(x=labels, y=[after[k] for k in labels], name=after_name, marker_color=color(after_key))
-    return _layout(fig, title, "", yaxis_title)
 
 
 def loss_curves(histories: dict, title: str = "Training loss", eval_too: bool = True):
     """One line per run: ``{"LoRA": history, "full": history}``; colours by method name."""
-    fig = go.Figure()
+    fig = LabFigure()
     for name, h in histories.items():
         c = color(name.lower().split()[0])
         fig.add_scatter(x=[r["step"] for r in h.rows], y=h.losses, name=name, mode="lines",
@@ -64,50 +58,186 @@ def loss_curves(histories: dict, title: str = "Training loss", eval_too: bool = 
     return _layout(fig, title, "optimizer step", "loss (cross-entropy, nats/token)")
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
+# ---- figures that show everywhere -------------------------------------------------------------
+#
+# A chart must render in JupyterLab, Notebook 7, VS Code, Colab (its own ipywidgets, no custom
+# widget manager) and in static HTML (nbconvert, the course site). So labkit never relies on
+# plotly's FigureWidget. A figure is shown as an ordinary output holding two renderings:
+#   - application/vnd.plotly.v1+json, drawn by JupyterLab's and VS Code's own plotly renderer;
+#   - text/html, a <div> that plotly.js draws: Colab, nbconvert and any browser without a kernel.
+# plotly.js itself goes into the page once per kernel (in Colab, where every output is its own
+# frame, each chart loads it from plotly's CDN). A chart that changes (a loss curve while training,
+# a chart under sliders) is redrawn by replacing that output: through its display handle for a
+# chart in a cell's output, through an ``ipywidgets.Output`` for a chart inside a box of controls.
 
-    def __exit__(self, *exc):
+_PLOTLYJS_SHOWN = {"done": False}
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def in_colab() -> bool:
+    import sys
+
+    import plotly.io as pio
+
+    return "google.colab" in sys.modules or "colab" in str(pio.renderers.default)
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
         return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
 
-class FigureWidget(go.FigureWidget):
-    """plotly's ``FigureWidget`` that keeps its whole state in the traits the browser reads first.
+def plotlyjs_html() -> str:
+    """plotly.js as one ``<script>`` (about 4.6 MB), hidden from require.js if a page has it."""
+    from plotly.offline import get_plotlyjs
 
-    plotly sends each change (a new trace, new y values, a new title) to the browser as a one-off
-    message. A browser that is still loading plotly's front end when those messages arrive (the
-    first time a notebook shows a chart, or on a busy machine) misses them and shows empty axes,
-    and a chart inside a box of controls is never re-sent in full. Copying the figure into the
-    synced state after every change means the browser always starts from the complete figure.
+    return ("<script>window.PlotlyConfig = {MathJaxConfig: 'local'}; "
+            "window.__labkitDefine = window.define; window.define = undefined;</script>"
+            f"<script>{get_plotlyjs()}</script>"
+            "<script>window.define = window.__labkitDefine;</script>")
+
+
+def ensure_plotlyjs():
+    """Put plotly.js into the page once per kernel, so the text/html renderings can draw."""
+    if _PLOTLYJS_SHOWN["done"] or in_colab() or not _in_kernel():
+        return
+    from IPython.display import HTML, display
+
+    display(HTML(plotlyjs_html()))
+    _PLOTLYJS_SHOWN["done"] = True
+
+
+def figure_html(fig) -> str:
+    """A self-contained ``<div>`` that plotly.js draws ``fig`` into (waits up to 10 s for it)."""
+    import uuid
+
+    import plotly.io as pio
+
+    div = f"labkit-{uuid.uuid4().hex}"
+    height = fig.layout.height or 420
+    load = ""
+    if in_colab():
+        from plotly.offline import get_plotlyjs_version
+
+        load = f'<script src="https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"></script>'
+    return (f'{load}<div id="{div}" class="labkit-figure" style="width:100%;height:{height}px"></div>'
+            "<script>(function () {"
+            f"var fig = {pio.to_json(fig, validate=False)}; var tries = 0;"
+            f"function draw() {{ var gd = document.getElementById('{div}'); if (!gd) return;"
+            "  if (window.Plotly) { fig.config = {responsive: true}; window.Plotly.newPlot(gd, fig); return; }"
+            "  if (++tries < 100) { setTimeout(draw, 100); return; }"
+            "  gd.textContent = 'This chart needs plotly.js, which this page has not loaded: run the notebook from the top.'; }"
+            "draw(); })();</script>")
+
+
+def figure_bundle(fig) -> dict:
+    """The mime bundle a notebook front end receives for ``fig`` (see the note above)."""
+    import json
+
+    import plotly.io as pio
+
+    title = fig.layout.title.text or "untitled"
+    bundle = {"text/plain": f"<figure: {title}>", "text/html": figure_html(fig)}
+    if not in_colab():
+        bundle[PLOTLY_MIME] = {**json.loads(pio.to_json(fig, validate=False)),
+                                                    "config": {"responsive": True}}
+    return bundle
+
+
+class LabFigure(go.Figure):
+    """A plotly ``Figure`` that shows itself in every notebook front end and redraws in place.
+
+        fig = LabFigure(layout=dict(title="loss"))
+        fig.show()                      # or: the last line of a cell, or display(fig)
+        with fig.batch_update():        # change it: every place it is shown redraws once
+            fig.add_scatter(x=[1, 2], y=[3, 1])
+        fig.refresh()                   # after changes made outside batch_update()
+        box = ipywidgets.VBox([slider, fig.as_widget()])   # the same figure inside controls
     """
 
-    def _sync_state(self):
-        from copy import deepcopy
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._handles, self._outputs, self._depth = [], [], 0
 
-        self._widget_layout = deepcopy(self._layout_obj._props)
-        self._widget_data = deepcopy(self._data)
+    @contextmanager
+    def batch_update(self):
+        self._depth += 1
+        try:
+            with super().batch_update():
+                yield self
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            self.refresh()
 
-    def _send_relayout_msg(self, *args, **kwargs):
-        super()._send_relayout_msg(*args, **kwargs)
-        self._sync_state()
+    def refresh(self):
+        """Redraw every place this figure is shown."""
+        if not (self._handles or self._outputs):
+            return
+        bundle = figure_bundle(self)
+        for handle in self._handles:
+            # JupyterLab hands an updated output to the renderer that drew it, and plotly's renderer
+            # ignores a second figure; a text-only step in between gets a fresh renderer.
+            if PLOTLY_MIME in bundle:
+                handle.update({"text/plain": bundle["text/plain"]}, raw=True)
+            handle.update(bundle, raw=True)
+        for out in self._outputs:
+            out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
-    def _send_restyle_msg(self, *args, **kwargs):
-        super()._send_restyle_msg(*args, **kwargs)
-        self._sync_state()
+    def show(self, *args, **kwargs):
+        """Show the figure as a cell output that :meth:`refresh` redraws."""
+        from IPython.display import display
 
-    def _send_addTraces_msg(self, *args, **kwargs):
-        super()._send_addTraces_msg(*args, **kwargs)
-        self._sync_state()
+        ensure_plotlyjs()
+        self._handles.append(display(figure_bundle(self), raw=True, display_id=True))
 
-    def _send_deleteTraces_msg(self, *args, **kwargs):
-        super()._send_deleteTraces_msg(*args, **kwargs)
-        self._sync_state()
+    def _ipython_display_(self):
+        self.show()
 
-    def _send_moveTraces_msg(self, *args, **kwargs):
-        super()._send_moveTraces_msg(*args, **kwargs)
-        self._sync_state()
+    def as_widget(self):
+        """An ``ipywidgets.Output`` showing this figure, to put in a box of controls."""
+        import ipywidgets as W
 
-    def _send_update_msg(self, *args, **kwargs):
-        super()._send_update_msg(*args, **kwargs)
-        self._sync_state()
+        out = W.Output()
+        self._outputs.append(out)
+        out.outputs = ({"output_type": "display_data", "data": figure_bundle(self), "metadata": {}},)
+        return out
+
+
+def snapshot_html(figures) -> str:
+    """Charts as last drawn, for renderings without a kernel or widget JavaScript."""
+    note = "Interactive controls: they work in a running notebook."
+    if not figures:
+        return f"<p><i>{note}</i></p>"
+    return f"<p><i>{note} Their charts as last drawn:</i></p>" + "".join(figure_html(f) for f in figures)
+
+
+class Panel(W.VBox):
+    """Controls and charts in a column (an ``ipywidgets.VBox``). A :class:`LabFigure` among the
+    children is shown through an ``Output`` that redraws it; the panel's output also carries a
+    static copy of its charts (``text/html``), which nbconvert and the course site show where no
+    widget JavaScript runs. Works with ipywidgets 8 and with Colab's ipywidgets 7."""
+
+    def __init__(self, children, **kwargs):
+        children = list(children)
+        super().__init__([c.as_widget() if isinstance(c, LabFigure) else c for c in children], **kwargs)
+        self.figures = [c for c in children if isinstance(c, LabFigure)]
+
+    def _repr_mimebundle_(self, **kwargs):
+        ensure_plotlyjs()
+        if hasattr(W.VBox, "_repr_mimebundle_"):     # ipywidgets 8
+            bundle = dict(super()._repr_mimebundle_(**kwargs))
+        else:                                        # ipywidgets 7 (Colab)
+            bundle = {"text/plain": repr(self), "application/vnd.jupyter.widget-view+json":
+                      {"version_major": 2, "version_minor": 0, "model_id": self.model_id}}
+        bundle["text/html"] = snapshot_html(self.figures)
+        return bundle
+
+    def _ipython_display_(self, **kwargs):
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)

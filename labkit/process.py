@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import calculator
-from .plots import FigureWidget
+from .plots import LabFigure, Panel
 
 QUALITY = ("good enough", "highest")
 CANDIDATES = ("full", "lora", "qlora")
@@ -99,7 +99,6 @@ def decision_widget(gpu: str = "T4 (16 GB)", model: str = "7B", quality: str = "
     against the GPU, titled with the recommendation. Returns an object with ``.controls``,
     ``.figure``, ``.recommendation``, ``.reasons`` (an HTML widget) and ``.widget``."""
     import ipywidgets as W
-    import plotly.graph_objects as go
 
     from .plots import COLORS
 
@@ -113,7 +112,7 @@ def decision_widget(gpu: str = "T4 (16 GB)", model: str = "7B", quality: str = "
         "quality": W.ToggleButtons(options=list(QUALITY), value=quality, description="quality"),
         "variants": W.IntSlider(value=variants, min=1, max=20, description="variants"),
     }
-    self.figure = FigureWidget(layout=dict(
+    self.figure = LabFigure(layout=dict(
         xaxis_title="method", yaxis_title="estimated training memory (GiB)", height=380,
         margin=dict(l=60, r=20, t=70, b=50), showlegend=False))
     self.figure.add_bar(x=list(CANDIDATES), y=[0, 0, 0], marker_color=[COLORS[m] for m in CANDIDATES])
@@ -136,9 +135,9 @@ def decision_widget(gpu: str = "T4 (16 GB)", model: str = "7B", quality: str = "
     for w in self.controls.values():
         w.observe(update, names="value")
     update()
-    self.widget = W.VBox([W.HBox([self.controls["gpu"], self.controls["model"]]),
-                          W.HBox([self.controls["quality"], self.controls["variants"]]),
-                          self.figure, self.reasons])
+    self.widget = Panel([W.HBox([self.controls["gpu"], self.controls["model"]]),
+                         W.HBox([self.controls["quality"], self.controls["variants"]]),
+                         self.figure, self.reasons])
     return self
 
 
@@ -271,7 +270,6 @@ def noise_widget(base_loss: float, clean_loss: float, noisy_losses: dict, small_
     set and the ten-times-larger noisy set at the chosen rate. Returns an object with
     ``.controls``, ``.figure`` and ``.widget``."""
     import ipywidgets as W
-    import plotly.graph_objects as go
 
     from .plots import COLORS
 
@@ -281,7 +279,7 @@ def noise_widget(base_loss: float, clean_loss: float, noisy_losses: dict, small_
     rates = sorted(noisy_losses)
     self = NoiseWidget()
     self.controls = {"noise_rate": W.SelectionSlider(options=rates, value=rates[-1], description="noise rate")}
-    self.figure = FigureWidget(layout=dict(yaxis_title="held-out loss on replies (nats/token)",
+    self.figure = LabFigure(layout=dict(yaxis_title="held-out loss on replies (nats/token)",
                                               height=360, margin=dict(l=60, r=20, t=70, b=50)))
     self.figure.add_bar(x=[], y=[], marker_color=[COLORS["base"], COLORS["lora"], COLORS["after"]])
 
@@ -296,5 +294,5 @@ def noise_widget(base_loss: float, clean_loss: float, noisy_losses: dict, small_
 
     self.controls["noise_rate"].observe(update, names="value")
     update()
-    self.widget = W.VBox([self.controls["noise_rate"], self.figure])
+    self.widget = Panel([self.controls["noise_rate"], self.figure])
     return self

@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from .plots import LabFigure
+
 BLOCKSIZE = 64
 
 
@@ -95,12 +97,11 @@ def double_quant_bytes(n_params: int, blocksize: int = BLOCKSIZE, blocksize2: in
 def weight_histogram(weight: torch.Tensor, blocksize: int = BLOCKSIZE, title: str | None = None):
     """Histogram of the weights after block-wise absmax scaling, with the 16 NF4 levels drawn
     over it: every scaled weight is rounded to the nearest line."""
-    import plotly.graph_objects as go
 
     w = weight.detach().float().flatten().cpu()
     w = w[: (w.numel() // blocksize) * blocksize].reshape(-1, blocksize)
     scaled = (w / w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)).flatten()
-    fig = go.Figure()
+    fig = LabFigure()
     fig.add_histogram(x=scaled.numpy(), nbinsx=200, name="weights / block absmax",
                       marker_color="#7f7f7f", histnorm="probability")
     for i, level in enumerate(nf4_levels().tolist()):

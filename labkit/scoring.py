@@ -318,13 +318,21 @@ def loss_mask(model, tokenizer, record: dict, max_length: int = 128) -> list[dic
 
     from .training import TrainConfig, as_trl_dataset, sft_config
 
-    dataset = as_trl_dataset([record])
+    import datasets
+
     cfg = TrainConfig(method="full", steps=1, batch_size=1, max_length=max_length, mixed_precision="no").validate()
-    with tempfile.TemporaryDirectory(prefix="labkit-mask-") as out:
-        device = next(model.parameters()).device.type
-        trainer = SFTTrainer(model=model, args=sft_config(cfg, out, False, device),
-                             train_dataset=dataset, processing_class=tokenizer)
-        batch = trainer.data_collator([trainer.train_dataset[0]])
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()   # datasets' and TRL's tokenising passes: bars that teach nothing here
+    try:
+        dataset = as_trl_dataset([record])
+        with tempfile.TemporaryDirectory(prefix="labkit-mask-") as out:
+            device = next(model.parameters()).device.type
+            trainer = SFTTrainer(model=model, args=sft_config(cfg, out, False, device),
+                                 train_dataset=dataset, processing_class=tokenizer)
+            batch = trainer.data_collator([trainer.train_dataset[0]])
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     return [{"token": tokenizer.decode([i]), "id": i, "in_loss": lab != -100} for i, lab in zip(ids, labels)]
 

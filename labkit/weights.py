@@ -16,6 +16,8 @@ import re
 import torch
 from transformers import TrainerCallback
 
+from .plots import LabFigure
+
 # The seven linear layers of a Llama block, in the order they run.
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SHORT = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
@@ -189,7 +191,7 @@ def histogram_figure(model, name: str, bins: int = 100, title: str | None = None
 
     counts, edges = histogram(model, name, bins)
     centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
-    fig = go.Figure(go.Bar(x=centers, y=counts, marker_color="#7f7f7f"))
+    fig = LabFigure(go.Bar(x=centers, y=counts, marker_color="#7f7f7f"))
     fig.update_layout(title=title or f"Values of {name}", xaxis_title="weight value",
                       yaxis_title="number of weights", bargap=0, height=340,
                       margin=dict(l=60, r=20, t=60, b=50))
@@ -199,7 +201,7 @@ def histogram_figure(model, name: str, bins: int = 100, title: str | None = None
 def change_heatmap(grid, title: str = "Relative change ||ΔW|| / ||W|| per layer and module"):
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index),
+    fig = LabFigure(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index),
                                colorscale="Reds", colorbar=dict(title="||ΔW||/||W||")))
     fig.update_layout(title=title, xaxis_title="module (attention: q k v o; MLP: gate up down)",
                       yaxis_title="layer", height=520, margin=dict(l=60, r=20, t=60, b=50))
@@ -208,9 +210,8 @@ def change_heatmap(grid, title: str = "Relative change ||ΔW|| / ||W|| per layer
 
 def spectrum_figure(before: dict, model, names: list[str], top: int = 64,
                     title: str = "Singular values of ΔW (normalised to the largest)"):
-    import plotly.graph_objects as go
 
-    fig = go.Figure()
+    fig = LabFigure()
     for name in names:
         s = singular_values(delta(before, model, name))
         s = (s / s[0]).tolist() if float(s[0]) > 0 else s.tolist()

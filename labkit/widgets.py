@@ -1,4 +1,4 @@
-"""Widgets for notebooks 01 and 02: controls (ipywidgets) that redraw a plotly ``FigureWidget``.
+"""Widgets for notebooks 01 and 02: controls (ipywidgets) over charts that redraw (``plots.LabFigure``).
 
     explorer = PromptExplorer(model, tok)      # type a prompt, move top-k / temperature, sample
     explorer                                   # (as the last line of a cell) shows it
@@ -17,13 +17,13 @@ import html
 import time
 from collections import OrderedDict
 
-import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
-from .plots import COLORS, top_k_bar
+from .plots import COLORS, LabFigure, Panel, top_k_bar
 from .predictions import continuation_prob, next_token_logits, top_k_from_logits
-from .plots import FigureWidget
+
+LABEL = {"description_width": "initial"}   # show a control's whole label, never "temperat..."
 
 
 def _shown(token: str) -> str:
@@ -55,22 +55,27 @@ class PromptExplorer:
         self.last_update_s = 0.0
 
         self.text = w.Text(value=prompt, description="prompt", continuous_update=True,
-                           layout=w.Layout(width="95%"))
-        self.top_k = w.IntSlider(value=k, min=1, max=30, description="top-k", continuous_update=True)
+                           layout=w.Layout(width="95%"), style=LABEL)
+        self.top_k = w.IntSlider(value=k, min=1, max=30, description="top-k", continuous_update=True,
+                                 style=LABEL)
         self.temperature = w.FloatSlider(value=temperature, min=0.1, max=3.0, step=0.05,
-                                         description="temperature", continuous_update=True)
-        self.sample_tokens = w.IntSlider(value=sample_tokens, min=1, max=40, description="tokens")
-        self.sample_button = w.Button(description="Sample token by token", button_style="info")
+                                         description="temperature", continuous_update=True, style=LABEL)
+        self.sample_tokens = w.IntSlider(value=sample_tokens, min=1, max=40, description="tokens to sample",
+                                         style=LABEL)
+        self.sample_button = w.Button(description="Sample token by token", button_style="info",
+                                      layout=w.Layout(width="auto"))
         self.status = w.HTML()
         self.log = w.HTML()
-        self.figure = FigureWidget()
+        self.figure = LabFigure()
+        self._sampling = False
 
-        for control in (self.text, self.top_k, self.temperature):
+        self.text.observe(lambda change: self._prompt_changed(), names="value")
+        for control in (self.top_k, self.temperature):
             control.observe(lambda change: self.update(), names="value")
         self.sample_button.on_click(lambda _: self.sample())
-        self.widget = w.VBox([self.text, w.HBox([self.top_k, self.temperature]),
-                              w.HBox([self.sample_tokens, self.sample_button]),
-                              self.status, self.figure, self.log])
+        self.widget = Panel([self.text, w.HBox([self.top_k, self.temperature]),
+                             w.HBox([self.sample_tokens, self.sample_button]),
+                             self.status, self.figure, self.log])
         self.update()
 
     def _repr_mimebundle_(self, **kwargs):
@@ -90,6 +95,12 @@ class PromptExplorer:
     def clear_cache(self):
         self._cache.clear()
 
+    def _prompt_changed(self):
+        if not self._sampling:      # a new prompt typed: the last sampling's table no longer applies
+            self.steps = []
+            self.log.value = ""
+        self.update()
+
     def table(self):
         """The current top-k table (token, id, probability, logit) for the text box's prompt."""
         return top_k_from_logits(self.logits(self.text.value), self.tokenizer,
@@ -107,9 +118,10 @@ class PromptExplorer:
         tail = prompt if len(prompt) <= 50 else "…" + prompt[-50:]
         title = (f"After {tail!r}: top guess {_shown(best.token)!r} at {best.probability:.0%} "
                  f"(T={self.temperature.value:g})")
-        top_k_bar(table, title=title, figure=self.figure)
         colors = [COLORS["after"] if t == highlight else COLORS["base"] for t in table["token"]]
-        self.figure.data[0].marker.color = colors
+        with self.figure.batch_update():
+            top_k_bar(table, title=title, figure=self.figure)
+            self.figure.data[0].marker.color = colors
         self.last_update_s = time.perf_counter() - start
         self.status.value = (f"top-{len(table)} tokens hold {table.probability.sum():.1%} of the "
                              f"probability · update took {self.last_update_s * 1000:.0f} ms")
@@ -122,6 +134,13 @@ class PromptExplorer:
         if n < 1:
             raise ValueError(f"n={n}: sample at least one token")
         self.steps = []
+        self._sampling = True
+        try:
+            return self._sample(n)
+        finally:
+            self._sampling = False
+
+    def _sample(self, n: int) -> str:
         for i in range(n):
             table = self.table()
             weights = torch.tensor(table["probability"].values)
@@ -178,7 +197,7 @@ def before_after_figure(before, after=None, title: str = "Next-token probability
                         after_name: str = "after full fine-tune", log_y: bool = True, figure=None):
     """Grouped bars per (context, target) pair from two :func:`probe_table` tables."""
     labels = [f"{c!r} → {_shown(t)!r}" for c, t in zip(before["context"], before["target"])]
-    fig = figure if figure is not None else FigureWidget()
+    fig = figure if figure is not None else LabFigure()
     fig.add_bar(x=labels, y=list(before["probability"]), name="before", marker_color=COLORS["base"])
     fig.add_bar(x=labels, y=list(after["probability"]) if after is not None else [None] * len(labels),
                 name=after_name, marker_color=COLORS["full"])
@@ -211,10 +230,12 @@ class FineTuneRerun:
         self.result, self.runs = None, []
         steps = self.config.steps or 1
         self.steps = w.IntSlider(value=min(steps, max_steps), min=1, max=max(max_steps, steps),
-                                 description="steps")
+                                 description="steps", style=LABEL)
         self.learning_rate = w.FloatLogSlider(value=self.config.learning_rate, base=10, min=-6, max=-2,
-                                              step=0.25, description="learning rate", readout_format=".1e")
-        self.run_button = w.Button(description="Fine-tune again and redraw", button_style="warning")
+                                              step=0.25, description="learning rate", readout_format=".1e",
+                                              style=LABEL)
+        self.run_button = w.Button(description="Fine-tune again and redraw", button_style="warning",
+                                   layout=w.Layout(width="auto"))
         self.status = w.HTML("<i>Choose steps and a learning rate, then press the button.</i>")
         self.output = w.Output()
         if before is None:
@@ -226,8 +247,8 @@ class FineTuneRerun:
         self.steps.observe(lambda ch: self._read_controls(), names="value")
         self.learning_rate.observe(lambda ch: self._read_controls(), names="value")
         self.run_button.on_click(lambda _: self.run())
-        self.widget = w.VBox([w.HBox([self.steps, self.learning_rate, self.run_button]), self.status,
-                              self.figure, self.output])
+        self.widget = Panel([w.HBox([self.steps, self.learning_rate, self.run_button]), self.status,
+                             self.figure, self.output])
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

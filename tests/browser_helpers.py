@@ -44,7 +44,7 @@ def chromium_path() -> str:
         raise RuntimeError(
             f"{CHROMIUM} is missing: the browser tests need Debian's chromium package. Install it with\n"
             "    sudo apt-get update && sudo apt-get install -y chromium\n"
-            "(`make test` does this before running pytest).")
+            "(`make test` does this itself when run as root).")
     return CHROMIUM
 
 
@@ -172,7 +172,8 @@ def run_all_cells(page, timeout_s: float = 600) -> dict:
 
 
 def start_run_all(page):
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    """Start Run All and return at once (returning the command's promise would wait for the end)."""
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
 
 def wait_until_run(page, timeout_s: float = 600) -> dict:

@@ -4,12 +4,10 @@ Starts JupyterLab on localhost (its own port and token; stopped afterwards), ope
 runs every cell, types a prompt into the prompt explorer and checks that the plotly chart on the
 page changes; then runs a short training (``labkit.train(..., live=True)`` on the toy model) in a
 small notebook written here and checks that the live loss curve, updated step by step from the
-kernel, shows one point per optimizer step. The widgets' and plotly's front ends come from the pip
-packages (jupyterlab_widgets, anywidget): nothing is built or installed by hand.
-
-A plain plotly FigureWidget shown inside a box of controls, or still loading its front end when
-its first changes arrive, renders as empty axes (seen on a loaded machine); labkit's
-``plots.FigureWidget`` keeps the full state synced, and these tests fail if a chart comes up empty.
+kernel, shows one point per optimizer step and is drawn while training runs. The widgets' and
+plotly's front ends come from the pip packages (jupyterlab_widgets, plotly's jupyterlab-plotly):
+nothing is built or installed by hand. Charts are ``labkit.plots.LabFigure`` outputs, redrawn by
+replacing the output (tests/test_notebooks.py checks the static renderings).
 
 Screenshots and the server logs are left in tests/_artifacts/ (git-ignored)."""
 from __future__ import annotations
@@ -71,9 +69,8 @@ def _explorer_cell(page):
     return cells.first
 
 
-EMPTY_RENDER = ("plotly FigureWidget rendered with an empty state (no title, no data) and never recovered: "
-                "is a widget built on go.FigureWidget instead of labkit.plots.FigureWidget? "
-                "See tests/_artifacts/ for the screenshot")
+EMPTY_RENDER = ("a labkit chart rendered as empty axes (no title, no data) and never recovered: "
+                "see tests/_artifacts/ for the screenshot")
 
 
 def _rendered_empty(plot) -> bool:
@@ -110,8 +107,7 @@ def test_prompt_explorer_redraws_its_chart_in_jupyterlab(page, tmp_path):
             if not bars and _rendered_empty(plot):
                 screenshot(page, "notebook01-explorer-empty")
                 pytest.fail(EMPTY_RENDER)
-            assert bars > 0, ("the prompt explorer's chart shows no bars: plotly's FigureWidget "
-                              "did not draw its data in JupyterLab")
+            assert bars > 0, "the prompt explorer's chart shows no bars in JupyterLab"
             before = plot_texts(plot)
             prompt = "My favourite programming language is"
             box = cell.locator(".widget-text input").first
@@ -130,11 +126,11 @@ def test_prompt_explorer_redraws_its_chart_in_jupyterlab(page, tmp_path):
 
 
 TRAINING_NOTEBOOK = [
-    "import os, time\nimport labkit\nimport plotly.graph_objects as go\n"
+    "import os, time\nimport labkit\n"
     "from labkit.toy import toy_model, TOY_TEXT\nfrom transformers import TrainerCallback\n"
     "model, tok = toy_model()\ndata = [{'text': t} for t in TOY_TEXT]",
-    # the first FigureWidget loads plotly's front end (megabytes of JavaScript): warm it up
-    "go.FigureWidget(layout=dict(title='warm-up', height=200))",
+    # the first chart loads plotly's renderer (megabytes of JavaScript): warm it up
+    "labkit.plots.LabFigure(layout=dict(title='warm-up', height=200))",
     # slow each step down so the curve has time to grow in the browser
     "class Slow(TrainerCallback):\n    def on_step_end(self, args, state, control, **kw):\n"
     "        time.sleep(float(os.environ.get('SLOW_STEP_S', '0.5')))",
@@ -151,7 +147,7 @@ def test_live_loss_curve_draws_points_while_training(page, tmp_path):
     nb.cells = [nbformat.v4.new_code_cell(src) for src in TRAINING_NOTEBOOK]
     nbformat.write(nb, root / "train_live.ipynb")
 
-    with LabServer(root, tmp_path / "lab", env=SERVER_ENV, name="training") as server:
+    with LabServer(root, tmp_path / "lab", env={**SERVER_ENV, "SLOW_STEP_S": "1.5"}, name="training") as server:
         open_notebook(page, server, "train_live.ipynb")
         start_run_all(page)
         plot = page.locator(".jp-CodeCell").last.locator(".js-plotly-plot").first
@@ -174,6 +170,8 @@ def test_live_loss_curve_draws_points_while_training(page, tmp_path):
         assert not error_outputs(nb_json), error_outputs(nb_json)
         assert TRAIN_STEPS in seen, (f"the live loss curve should end with {TRAIN_STEPS} points; "
                                      f"counts seen: {sorted(seen)}")
+        assert any(0 < n < TRAIN_STEPS for n in seen), (
+            f"the loss curve was not drawn while training ran, only at the end: counts seen {sorted(seen)}")
         print(f"live loss curve: point counts seen while polling: {sorted(seen)}")
         texts = " ".join(plot_texts(plot))
         assert "optimizer step" in texts and "loss" in texts, f"axis titles missing: {texts}"

@@ -131,7 +131,7 @@ def test_update_size_during_training_matches_adam_first_step(toy, toy_text):
 def test_lr_sweep_labels_divergence(toy_text):
     from labkit.toy import toy_model
 
-    plot = lr_mod.SweepPlot(widget=False)
+    plot = lr_mod.SweepPlot()
     rows = lr_mod.lr_sweep(lambda: toy_model(seed=0), toy_text, [1e-3, 3.0], plot=plot, method="full",
                            steps=4, batch_size=8, factor=1.2)
     assert [r["learning_rate"] for r in rows] == [1e-3, 3.0]

@@ -1,5 +1,7 @@
-"""Every notebook runs top to bottom in the smoke profile, as a learner's kernel would run it."""
-import os
+"""Every notebook runs top to bottom in the smoke profile, as a learner's kernel would run it; its
+static rendering (nbconvert HTML, opened in Chromium with no kernel, no widget JavaScript and no
+network) then shows every chart with data (tests/static_html.py says how). Last, JupyterLab opens
+each executed notebook and its first chart must be drawn with data."""
 import time
 from pathlib import Path
 
@@ -7,18 +9,98 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from browser_helpers import ARTIFACTS, CHROMIUM_ARGS, LabServer, chromium_path, open_notebook, screenshot
+from static_html import export_html, offline_page, plots_without_data, read_plots
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """Debian's Chromium, headless, shared by the notebooks of this module."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()   # fails with how to install it
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-static")), executable_path=executable,
+            args=CHROMIUM_ARGS, headless=True, viewport={"width": 1280, "height": 1000})
+        yield context
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """A folder that collects the executed notebooks, for the JupyterLab check at the end."""
+    return tmp_path_factory.mktemp("executed")
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_in_smoke_profile(path, monkeypatch):
+def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch, chromium, executed):
     monkeypatch.setenv("LABKIT_PROFILE", "smoke")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
-    client.execute()
+    client.execute()   # raises CellExecutionError, with the cell and its traceback, on any error
     print(f"{path.name}: {time.perf_counter() - start:.1f} s in the smoke profile")
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    nbformat.write(nb, executed / path.name)
+
+    nb.metadata.pop("widgets", None)   # saved as JupyterLab saves by default: without widget state
+    ARTIFACTS.mkdir(exist_ok=True)
+    html = export_html(nb, ARTIFACTS / f"{path.stem}.html")
+    page = offline_page(chromium)
+    try:
+        plots = read_plots(page, html)
+    finally:
+        page.close()
+    outputs = [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs]
+    bare = [i for i, o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+            and "text/html" not in o["data"]]
+    assert not bare, (f"{path.name}: cells {bare} show widgets with no static copy, blank without a kernel "
+                      "(build them with labkit.plots.Panel)")
+    charts = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                 if "application/vnd.plotly.v1+json" in o.get("data", {}) or "labkit-figure" in
+                 str(o.get("data", {}).get("text/html", "")))
+    assert len(plots) >= charts, f"{html.name}: {charts} chart outputs but {len(plots)} charts on the page"
+    empty = plots_without_data(plots)
+    assert not empty, f"{html.name} (static HTML, no kernel) shows charts without data:\n" + "\n".join(empty)
+
+
+FIRST_CHART = """() => { const gd = document.querySelector('.jp-OutputArea-output .js-plotly-plot');
+  if (!gd || !gd.data) return null;
+  return gd.data.reduce((s, t) => s + Math.max(...['x', 'y', 'z', 'values'].map(k =>
+      !t[k] ? 0 : t[k].length !== undefined ? t[k].length : t[k].bdata ? 1 : 0)), 0); }"""
+
+
+@pytest.mark.notebook
+@pytest.mark.browser
+def test_jupyterlab_draws_each_executed_notebooks_first_chart(executed, chromium, tmp_path):
+    """The executed notebooks (saved by the test above) opened in JupyterLab, as a learner reopens a
+    notebook they ran: the first chart on the page must be drawn and hold data (screenshot in
+    tests/_artifacts/). Notebook 00 has no chart."""
+    missing = [p.name for p in NOTEBOOKS if not (executed / p.name).exists()]
+    assert not missing, f"not executed (their smoke test failed): {missing}"
+    problems = []
+    with LabServer(executed, tmp_path, env={"LABKIT_PROFILE": "smoke", "HF_HUB_OFFLINE": "1"},
+                   name="executed") as server:
+        page = chromium.new_page()
+        for path in NOTEBOOKS:
+            if path.name.startswith("00_"):
+                continue
+            open_notebook(page, server, path.name)
+            plot = page.locator(".jp-OutputArea-output .js-plotly-plot").first
+            try:
+                plot.wait_for(timeout=60_000)
+                plot.scroll_into_view_if_needed()
+            except Exception:
+                problems.append(f"{path.name}: no chart drawn on the page")
+                continue
+            points = page.evaluate(FIRST_CHART)
+            screenshot(page, f"jupyterlab-first-chart-{path.stem}")
+            if not points:
+                problems.append(f"{path.name}: its first chart has no data")
+        page.close()
+    assert not problems, "\n".join(problems)

@@ -19,7 +19,7 @@ def test_prompt_explorer_redraws_when_controls_are_set_in_code(toy):
 
     ex.text.value = "One, two, three"
     assert tuple(ex.figure.data[0].y) != y0 and len(ex._cache) == 2
-    assert ex.update() < 5.0 and ex.last_update_s > 0
+    assert ex.update() == ex.last_update_s > 0   # how fast: benchmarks/, on an idle machine
 
     ex.text.value = ""                   # an empty box is not an error
     assert "Type a prompt" in ex.status.value
@@ -92,3 +92,22 @@ def test_time_explorer_reports_both_kinds_of_update(toy):
     assert t["prompts"] == 2 and t["slider_moves"] == 2
     assert t["new_prompt_s"] > 0 and t["slider_s"] > 0
     assert len(ex._cache) == 2           # the cache was cleared, then filled by the two prompts
+
+
+def test_a_new_prompt_clears_the_last_sampling_table(toy):
+    """Seen in JupyterLab: after sampling, typing a new prompt left the old prompt's table."""
+    model, tok = toy
+    ex = PromptExplorer(model, tok, prompt="The quick", k=3, seed=1)
+    ex.sample(3)
+    assert len(ex.steps) == 3 and "token drawn" in ex.log.value
+    ex.text.value = "Once upon a time"
+    assert ex.steps == [] and ex.log.value == ""
+
+
+def test_explorer_controls_show_their_whole_labels(toy):
+    """Seen in JupyterLab: "temperat..." and "Sample token by ..." were cut off."""
+    model, tok = toy
+    ex = PromptExplorer(model, tok, prompt="The quick", k=3)
+    for control in (ex.top_k, ex.temperature, ex.sample_tokens, ex.text):
+        assert control.style.description_width == "initial", control.description
+    assert ex.sample_button.layout.width == "auto"
