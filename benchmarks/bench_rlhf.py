@@ -27,31 +27,25 @@ from common import machine, table, write_section  # noqa: E402
 import labkit  # noqa: E402
 from labkit import rlhf  # noqa: E402
 from labkit.data import read_jsonl  # noqa: E402
-from labkit.training import full_logits_log_probs  # noqa: E402
+from labkit.patches import full_logits_log_probs  # noqa: E402
 
 TRL, LAB = "TRL's chunked LM head", "full logits (labkit's default on the CPU)"
 BEFORE, FP32, SPEED_ONLY, DEFAULTS = ("labkit before (TRL's chunked head, bf16 sums)", "float32, no autocast",
                                       "full-logits head, bf16 sums (ablation)", "labkit defaults")
-GUARDS = {BEFORE: {}, SPEED_ONLY: {"full_logits": True}}   # the others: rlhf's own guarded(...) call
+SWITCHES = {BEFORE: dict(cpu_full_logits=False, adapter_sums_fp32=False), FP32: dict(mixed_precision="no"),
+            SPEED_ONLY: dict(adapter_sums_fp32=False), DEFAULTS: {}}   # RLHFConfig fields
 
 
 def stage(name: str, cfg, run: str = DEFAULTS):
     """Train one stage (``dpo`` or ``grpo``) from a fresh model as ``run`` says; returns its rows."""
     pairs = [p for p in read_jsonl("preferences.jsonl", "preference") if p["split"] == "train"]
-    original = rlhf.guarded
-    if run in GUARDS:
-        rlhf.guarded = lambda cls, **kw: original(cls, **GUARDS[run])
-    if run == FP32:
-        cfg = rlhf.RLHFConfig(**{**cfg.to_dict(), "mixed_precision": "no"})
-    try:
-        model, tok = labkit.load_model()
-        if name == "dpo":
-            return rlhf.train_dpo(model, tok, pairs, cfg, live=False).rows
-        reward_model, reward_tok = rlhf.load_reward_model(seed=cfg.seed)
-        return rlhf.optimise_policy(model, tok, reward_model, [p["prompt"] for p in pairs], cfg, live=False,
-                                    reward_tok=reward_tok).rows
-    finally:
-        rlhf.guarded = original
+    cfg = rlhf.RLHFConfig(**{**cfg.to_dict(), **SWITCHES[run]}).validate()
+    model, tok = labkit.load_model()
+    if name == "dpo":
+        return rlhf.train_dpo(model, tok, pairs, cfg, live=False).rows
+    reward_model, reward_tok = rlhf.load_reward_model(seed=cfg.seed)
+    return rlhf.optimise_policy(model, tok, reward_model, [p["prompt"] for p in pairs], cfg, live=False,
+                                reward_tok=reward_tok).rows
 
 
 def seconds_per_step(rows) -> float:

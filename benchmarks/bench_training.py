@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_section  # noqa: E402
 
 import labkit  # noqa: E402
-import labkit.training  # noqa: E402
+import labkit.models  # noqa: E402
 from labkit.memory import PeakMemory  # noqa: E402
 
 PLAIN_FP32, PLAIN_BF16 = "plain TRL (fp32, its default)", "plain TRL (bf16 autocast)"
@@ -66,7 +66,6 @@ def plain_trl(data, steps, batch, max_length, bf16):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    torch.use_deterministic_algorithms(False)   # undo what an earlier labkit.train set in this process
     model, tok = labkit.load_model()
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
@@ -83,38 +82,17 @@ def plain_trl(data, steps, batch, max_length, bf16):
     return timer, mem.peak_mb, losses
 
 
-def lab(data, steps, batch, max_length, callbacks=(), fused_head=False, packing_strategy=None, nan_fill=False,
-        float32_adapter_sums=False, **settings):
-    """labkit.train; ``fused_head=True`` restores TRL's own loss (labkit before the CPU change);
-    ``packing_strategy`` replaces labkit's "wrapped" packing with another of TRL's strategies;
-    ``nan_fill=True`` turns back on what deterministic mode does by default (labkit before);
-    ``float32_adapter_sums=True`` adds LoRA's output in float32, as labkit's DPO and GRPO do."""
-    original, original_config, original_seed = labkit.training.guarded, labkit.training.sft_config, labkit.training.set_seed
-    if nan_fill:
-        def seed_and_fill(*args, **kw):
-            original_seed(*args, **kw)
-            torch.utils.deterministic.fill_uninitialized_memory = True
-        labkit.training.set_seed = seed_and_fill
-    if fused_head:
-        labkit.training.guarded = lambda cls, **kw: original(cls)
-    if float32_adapter_sums:
-        labkit.training.guarded = lambda cls, **kw: original(cls, **kw, float32_adapter_sums=True)
-    if packing_strategy:
-        def config(*args, **kw):
-            cfg = original_config(*args, **kw)
-            cfg.packing, cfg.packing_strategy = True, packing_strategy
-            return cfg
-        labkit.training.sft_config = config
-    try:
-        model, tok = labkit.load_model()
-        timer = StepTimer()
-        result = labkit.train(model, tok, data, method="lora", lora_r=8, lora_alpha=16, steps=steps,
-                              batch_size=batch, max_length=max_length, learning_rate=2e-4,
-                              callbacks=[timer, *callbacks], live=False, **settings)
-    finally:
-        labkit.training.guarded, labkit.training.sft_config = original, original_config
-        labkit.training.set_seed = original_seed
-        torch.utils.deterministic.fill_uninitialized_memory = False
+def lab(data, steps, batch, max_length, callbacks=(), **settings):
+    """labkit.train; ``settings`` are TrainConfig fields, among them the switches that ablate a
+    speed-up: ``cpu_full_logits=False`` (TRL's own loss: labkit before the CPU change),
+    ``fill_uninitialized_memory=True`` (deterministic mode's default: labkit before),
+    ``packing=True, packing_strategy="bfd"`` (TRL's default packing), ``adapter_sums_fp32=True``
+    (LoRA's output added in float32, as labkit's DPO and GRPO do)."""
+    model, tok = labkit.load_model()
+    timer = StepTimer()
+    result = labkit.train(model, tok, data, method="lora", lora_r=8, lora_alpha=16, steps=steps,
+                          batch_size=batch, max_length=max_length, learning_rate=2e-4,
+                          callbacks=[timer, *callbacks], live=False, **settings)
     return timer, result.history.peak_memory_mb, result.history.losses
 
 
@@ -122,7 +100,7 @@ def precision(data, steps, batch, max_length) -> str:
     """labkit.train's per-step losses in float32, bf16 (its CPU default) and bf16 with the adapter
     sums in float32; same seed and batches, so the differences are the precision's alone."""
     runs = {"float32": dict(mixed_precision="no"), "bf16 (labkit's default)": dict(mixed_precision="bf16"),
-            "bf16, adapter sums in float32": dict(mixed_precision="bf16", float32_adapter_sums=True)}
+            "bf16, adapter sums in float32": dict(mixed_precision="bf16", adapter_sums_fp32=True)}
     losses = {name: lab(data, steps, batch, max_length, **kw)[2] for name, kw in runs.items()}
     ref = losses["float32"]
     rows = [{"run": name, "loss per step": " ".join(f"{x:.4f}" for x in ls),
@@ -276,12 +254,12 @@ def main():
     print("mixed precision chosen by labkit's profile:", mixed)
     plan = {PLAIN_FP32: lambda: plain_trl(data, args.steps, args.batch, args.max_length, bf16=False),
             PLAIN_BF16: lambda: plain_trl(data, args.steps, args.batch, args.max_length, bf16=True),
-            LAB_BEFORE: lambda: lab(data, args.steps, args.batch, args.max_length, fused_head=True),
-            LAB_FILL: lambda: lab(data, args.steps, args.batch, args.max_length, nan_fill=True),
+            LAB_BEFORE: lambda: lab(data, args.steps, args.batch, args.max_length, cpu_full_logits=False),
+            LAB_FILL: lambda: lab(data, args.steps, args.batch, args.max_length, fill_uninitialized_memory=True),
             LAB: lambda: lab(data, args.steps, args.batch, args.max_length),
             LAB_PACKED: lambda: lab(data, args.steps, args.batch, args.max_length, packing=True),
-            LAB_BFD: lambda: lab(data, args.steps, args.batch, args.max_length, packing_strategy="bfd"),
-            LAB_F32SUMS: lambda: lab(data, args.steps, args.batch, args.max_length, float32_adapter_sums=True)}
+            LAB_BFD: lambda: lab(data, args.steps, args.batch, args.max_length, packing=True, packing_strategy="bfd"),
+            LAB_F32SUMS: lambda: lab(data, args.steps, args.batch, args.max_length, adapter_sums_fp32=True)}
     runs = {name: [] for name in plan}
     for r in range(args.rounds):
         for name, run in plan.items():

@@ -27,27 +27,19 @@ Organised by what a learner does:
 - ``serving``      adapters on disk, hot-swapping, mixed-adapter batches, merging
 - ``export``       an experiment as a standalone multi-GPU accelerate job
 - ``plots``        the lab's colours and standard figures
-- ``reproducibility``  one seed for everything
+- ``reproducibility``  one seed for everything (for the session, or for one call)
+- ``patches``      every place labkit changes another library's internals, and why
 - ``doctor``       check the environment
+
+Importing labkit changes no environment variable, warning filter or log level.
 """
-import logging as _logging
-import os as _os
-import warnings as _warnings
-
-_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-_warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*")
-_warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated.*")
-# bitsandbytes tries to fetch an optional CPU kernel from a hub and logs a warning when it can't;
-# its built-in CPU path works (and is what the lab measures).
-_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
-
-from .data import data_path, load_jsonl, read_jsonl, train_val_split  # noqa: E402
-from .models import OFFLINE_MODEL, REGISTRY, load_model, load_tokenizer  # noqa: E402
-from .predictions import (continuation_prob, generate, next_token_distribution,  # noqa: E402
+from .data import data_path, load_jsonl, read_jsonl, train_val_split
+from .models import OFFLINE_MODEL, REGISTRY, load_model, load_tokenizer
+from .predictions import (continuation_prob, generate, next_token_distribution,
                           perplexity)
-from .profiles import profile  # noqa: E402
-from .reproducibility import set_seed  # noqa: E402
-from .training import TrainConfig, train  # noqa: E402
+from .profiles import profile
+from .reproducibility import set_seed
+from .training import TrainConfig, train
 
 __version__ = "0.1.0"
 __all__ = ["OFFLINE_MODEL", "REGISTRY", "TrainConfig", "continuation_prob", "data_path", "generate",

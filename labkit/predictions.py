@@ -104,22 +104,45 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 256, batch_
     return math.exp(total_nll / total_tokens)
 
 
+def sampler(temperature: float, seed: int | None, device):
+    """A logits processor for ``model.generate`` that samples at ``temperature`` with a
+    ``torch.Generator`` of its own, seeded with ``seed`` (``None``: a fresh random seed).
+
+    ``model.generate(do_sample=True)`` would draw from torch's global generator, so each call would
+    have to reseed it for the whole session. Instead, with greedy decoding (``do_sample=False``),
+    this processor draws the next token itself and leaves only that one for greedy to pick."""
+    generator = torch.Generator(device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+
+    def draw(input_ids, scores):
+        token = torch.multinomial(F.softmax(scores / temperature, dim=-1), 1, generator=generator)
+        return torch.full_like(scores, -math.inf).scatter(-1, token, 0.0)
+
+    return draw
+
+
+def decoding(temperature: float, seed: int | None, device) -> dict:
+    """``model.generate`` keywords: greedy at ``temperature=0`` (nothing random), else pure
+    sampling (no top-k or top-p cut) from the model's distribution at ``temperature``."""
+    kwargs = dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    if temperature > 0:
+        kwargs["logits_processor"] = [sampler(temperature, seed, device)]
+    return kwargs
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompt: str, chat: bool = False, max_new_tokens: int = 40,
              temperature: float = 0.0, seed: int | None = 0, system: str | None = None) -> str:
     """Generate a continuation. ``chat=True`` wraps ``prompt`` in the chat template first;
-    ``temperature=0`` is greedy (always the most likely token)."""
+    ``temperature=0`` is greedy (always the most likely token); above 0 it samples, and the same
+    ``seed`` gives the same text (torch's global random generator is left alone)."""
     text = chat_prompt(tokenizer, prompt, system) if chat else prompt
     ids = _encode(tokenizer, text, model)
-    if seed is not None:
-        torch.manual_seed(seed)
-    kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens,
-                  pad_token_id=tokenizer.pad_token_id)
-    if temperature > 0:
-        kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-    else:
-        kwargs.update(temperature=None, top_k=None, top_p=None)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id, **decoding(temperature, seed, ids.device))
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 

@@ -24,9 +24,11 @@ from transformers import TrainerCallback
 
 from .memory import PeakMemory
 from .models import OFFLINE_MODEL, pick_device, resolve
-from .reproducibility import set_seed
-from .training import History, HistoryCallback, LiveLossPlot, NonFiniteLoss, guarded, in_notebook
-from .plots import FigureWidget
+from .patches import NonFiniteLoss, guarded, quiet
+from .predictions import decoding
+from .reproducibility import seeded
+from .training import History, HistoryCallback, LiveLossPlot, Progress, in_notebook
+from .plots import LabFigure, Panel
 
 METHOD_COLORS = {"base": "#7f7f7f", "GRPO": "#17becf", "DPO": "#e377c2", "reward": "#ff7f0e",
                  "chosen": "#2ca02c", "rejected": "#d62728"}
@@ -63,11 +65,17 @@ class RLHFConfig:
     lora_alpha: int = 16
     mixed_precision: str = "no"          # "bf16" where the CPU has it (the profile decides)
     eval_prompts: int = 16
+    # DPO and GRPO's speed and precision switches, as measured in benchmarks/RESULTS.md (labkit/patches.py):
+    cpu_full_logits: bool = True         # on the CPU, log-probabilities from the full logits, not TRL's chunked head
+    adapter_sums_fp32: bool = True       # under bf16, add LoRA's output in float32 (else DPO moves less)
 
     def validate(self) -> "RLHFConfig":
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "mixed_precision":
+            if f.type in (bool, "bool"):
+                if not isinstance(v, bool):
+                    raise ValueError(f"{f.name}={v!r}: must be True or False")
+            elif f.name == "mixed_precision":
                 if v not in ("no", "bf16", "fp16"):
                     raise ValueError(f"mixed_precision={v!r}: choose 'no', 'bf16' or 'fp16'")
             elif f.name in ("seed",):
@@ -139,19 +147,15 @@ def chat(prompt: str, response: str | None = None) -> list[dict]:
 def _generate(model, tok, prompts, n, max_new_tokens, temperature, seed, batch_size):
     texts = [tok.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     device = next(model.parameters()).device
-    if seed is not None:
-        torch.manual_seed(seed)
-    kwargs = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id)
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                  **decoding(temperature, seed, device))   # sampling with its own generator, seeded
     out = []
     was_training = model.training
     model.eval()
     for start in range(0, len(texts), batch_size):
         batch = tok(texts[start:start + batch_size], return_tensors="pt", padding=True,
                     padding_side="left", add_special_tokens=False).to(device)
+        batch = {k: v.repeat_interleave(n, dim=0) for k, v in batch.items()}   # n rows per prompt
         ids = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1]:]
         out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
     model.train(was_training)
@@ -186,19 +190,21 @@ def load_reward_model(name: str = OFFLINE_MODEL, seed: int = 0, device: str = "a
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     source = resolve(name)[0]
     tok = AutoTokenizer.from_pretrained(source)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    set_seed(seed)
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "score.weight newly initialized": expected, it is the new head
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32,
-                                                                   use_safetensors=True)
+        with seeded(seed):   # the new head's random start; the session's generators are left alone
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32,
+                                                                       use_safetensors=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.config.pad_token_id = tok.pad_token_id
     return model.to(pick_device(device)).eval(), tok
 
@@ -301,15 +307,14 @@ def _unwrap(model):
 
 def _run(trainer, label: str, steps: int) -> tuple[float, str]:
     """Train with a progress bar; Ctrl-C and a non-finite loss stop it cleanly."""
-    from tqdm.auto import tqdm
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    bar = tqdm(total=steps, desc=label, unit="step")
+    bar = Progress(steps, label)
 
     class Bar(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            bar.update(state.global_step - bar.n)
+            bar.update(state.global_step)
 
     trainer.add_callback(Bar())
     stopped, start = "finished", time.perf_counter()
@@ -342,19 +347,17 @@ def train_reward_model(model, tok, pairs: list[dict], cfg: RLHFConfig, live: boo
     """Train a LoRA adapter (and the score head) with TRL's ``RewardTrainer`` on ``pairs``.
     The loss is -log sigmoid(r_chosen - r_rejected). Returns the merged model (plain weights,
     fast to score with)."""
-    import datasets
     from trl import RewardConfig, RewardTrainer
 
-    datasets.disable_progress_bars()
     cfg.validate()
     if not pairs:
         raise ValueError("pairs is empty")
     device = next(model.parameters()).device.type
-    set_seed(cfg.seed)
     history = History(config=cfg.to_dict())
     plot = _live_plot(live, "Reward model: loss per step (-log sigmoid of the margin)")
     log = LogRows()
-    with tempfile.TemporaryDirectory(prefix="labkit-reward-") as out, PeakMemory() as memory:
+    with (seeded(cfg.seed), quiet(),   # for this call only (labkit.reproducibility, labkit.patches)
+          tempfile.TemporaryDirectory(prefix="labkit-reward-") as out, PeakMemory() as memory):
         args = RewardConfig(**_common_args(cfg, out, cfg.reward_steps, cfg.reward_learning_rate, device),
                             per_device_train_batch_size=cfg.reward_batch_size, max_length=None,
                             center_rewards_coefficient=None, remove_unused_columns=False)
@@ -376,7 +379,6 @@ class RewardWidget:
                            "is a lot to say about them, so let me start with a little story first..."),
                  max_length: int = 128):
         import ipywidgets as W
-        import plotly.graph_objects as go
 
         self.model, self.tok, self.max_length = model, tok, max_length
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="95%"))
@@ -385,32 +387,35 @@ class RewardWidget:
         self.response_b = W.Textarea(value=b, description="B", layout=W.Layout(width="95%", height="70px"),
                                      continuous_update=False)
         self.prompt.continuous_update = False
-        self.figure = FigureWidget()
-        self.figure.add_bar(x=["A", "B"], y=[0, 0], marker_color=[METHOD_COLORS["chosen"], METHOD_COLORS["rejected"]])
+        self.figure = LabFigure()
+        self.figure.add_bar(x=["A", "B"], y=[0, 0], marker_color=[METHOD_COLORS["chosen"]] * 2)
         self.figure.update_layout(height=300, xaxis_title="response", yaxis_title="reward (model score, no unit)",
                                   margin=dict(l=60, r=20, t=60, b=50))
         for w in (self.prompt, self.response_a, self.response_b):
             w.observe(lambda _: self.update(), names="value")
-        self.view = W.VBox([self.prompt, self.response_a, self.response_b, self.figure])
+        self.view = Panel([self.prompt, self.response_a, self.response_b, self.figure])
         self.update()
 
     def update(self) -> list[float]:
+        """Score both responses; the preferred one is drawn in the "chosen" colour."""
         a, b = self.response_a.value, self.response_b.value
         if not a.strip() or not b.strip():
-            self.figure.layout.title = "Type both responses"
+            with self.figure.batch_update():
+                self.figure.layout.title = "Type both responses"
             return []
         scores = reward_scores(self.model, self.tok, [self.prompt.value] * 2, [a, b], self.max_length)
         winner = "A" if scores[0] > scores[1] else "B" if scores[1] > scores[0] else "neither"
+        colors = [METHOD_COLORS["chosen"] if winner in (name, "neither") else METHOD_COLORS["rejected"]
+                  for name in ("A", "B")]
         with self.figure.batch_update():
             self.figure.data[0].y = scores
+            self.figure.data[0].marker.color = colors
             self.figure.layout.title = (f"The reward model prefers {winner}: A {scores[0]:.2f} vs B {scores[1]:.2f} "
                                         f"({words(a)} vs {words(b)} words)")
         return scores
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.view)
+    def _repr_mimebundle_(self, **kwargs):
+        return self.view._repr_mimebundle_(**kwargs)
 
 
 def reward_widget(model, tok, **kwargs) -> RewardWidget:
@@ -420,13 +425,12 @@ def reward_widget(model, tok, **kwargs) -> RewardWidget:
 # --- policy optimisation (GRPO) ---------------------------------------------------------------
 
 class RLCurves:
-    """Live reward, KL-to-reference and completion length per step (a plotly FigureWidget)."""
+    """Live reward, KL-to-reference and completion length per step (three panels)."""
 
     PANELS = (("reward", "mean reward"), ("kl", "KL to reference (nats/token)"),
               ("completions/mean_length", "completion length (tokens)"))
 
     def __init__(self, title: str = "GRPO: reward, KL and length per step"):
-        import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in self.PANELS])
@@ -435,7 +439,7 @@ class RLCurves:
                             line=dict(color=METHOD_COLORS["GRPO"]))
             fig.update_xaxes(title_text="optimizer step", row=1, col=i)
         fig.update_layout(title=title, height=320, showlegend=False, margin=dict(l=50, r=20, t=80, b=50))
-        self.figure = FigureWidget(fig)
+        self.figure = LabFigure(fig)
 
     def __call__(self, row: dict):
         with self.figure.batch_update():
@@ -454,12 +458,10 @@ def optimise_policy(model, tok, reward_model, prompts: list[str], cfg: RLHFConfi
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
-    datasets.disable_progress_bars()
     cfg.validate()
     if not prompts:
         raise ValueError("prompts is empty")
     device = next(model.parameters()).device.type
-    set_seed(cfg.seed)
     data = datasets.Dataset.from_list([{"prompt": chat(p)} for p in prompts])
     curves = RLCurves()
     if live if live is not None else in_notebook():
@@ -468,12 +470,13 @@ def optimise_policy(model, tok, reward_model, prompts: list[str], cfg: RLHFConfi
         display(curves.figure)
     log = LogRows(on_row=curves)
     batch = cfg.num_generations * cfg.prompts_per_step
-    with tempfile.TemporaryDirectory(prefix="labkit-grpo-") as out:
+    with seeded(cfg.seed), quiet(), tempfile.TemporaryDirectory(prefix="labkit-grpo-") as out:
         args = GRPOConfig(**_common_args(cfg, out, cfg.policy_steps, cfg.policy_learning_rate, device),
                           per_device_train_batch_size=batch, num_generations=cfg.num_generations,
                           max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
                           beta=cfg.kl_beta, log_completions=False, shuffle_dataset=True)
-        trainer = guarded(GRPOTrainer, full_logits=True, float32_adapter_sums=True)(
+        trainer = guarded(GRPOTrainer, full_logits=cfg.cpu_full_logits,
+                          float32_adapter_sums=cfg.adapter_sums_fp32)(
             model=model, reward_funcs=reward_model, args=args, train_dataset=data, processing_class=tok,
             reward_processing_classes=reward_tok or tok, peft_config=_lora(cfg, "CAUSAL_LM"),
             callbacks=[log])
@@ -493,22 +496,22 @@ def train_dpo(model, tok, pairs: list[dict], cfg: RLHFConfig, live: bool | None 
     import datasets
     from trl import DPOConfig, DPOTrainer
 
-    datasets.disable_progress_bars()
     cfg.validate()
     if not pairs:
         raise ValueError("pairs is empty")
     device = next(model.parameters()).device.type
-    set_seed(cfg.seed)
     data = datasets.Dataset.from_list([{"prompt": chat(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
                                         "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
     history = History(config=cfg.to_dict())
     plot = _live_plot(live, "DPO: loss per step (-log sigmoid of beta x the log-ratio margin)")
     log = LogRows()
-    with tempfile.TemporaryDirectory(prefix="labkit-dpo-") as out, PeakMemory() as memory:
+    with (seeded(cfg.seed), quiet(),
+          tempfile.TemporaryDirectory(prefix="labkit-dpo-") as out, PeakMemory() as memory):
         args = DPOConfig(**_common_args(cfg, out, cfg.dpo_steps, cfg.dpo_learning_rate, device),
                          per_device_train_batch_size=cfg.dpo_batch_size, beta=cfg.dpo_beta,
                          max_length=cfg.dpo_max_length, truncation_mode="keep_start")
-        trainer = guarded(DPOTrainer, full_logits=True, float32_adapter_sums=True)(
+        trainer = guarded(DPOTrainer, full_logits=cfg.cpu_full_logits,
+                          float32_adapter_sums=cfg.adapter_sums_fp32)(
             model=model, args=args, train_dataset=data, processing_class=tok,
             peft_config=_lora(cfg, "CAUSAL_LM"), callbacks=[HistoryCallback(history, memory, on_row=plot), log])
         wall, stopped = _run(trainer, "DPO", cfg.dpo_steps)
@@ -544,7 +547,6 @@ def compare_policies(policies: dict, tok, reward_model, reward_tok, prompts: lis
 
 def comparison_figure(summary, title: str | None = None):
     """Bars: mean reward and mean length per method, in the lab's colours."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=["reward model's mean score", "mean answer length (words)"])
@@ -559,14 +561,14 @@ def comparison_figure(summary, title: str | None = None):
         best = summary.loc[summary["mean reward"].idxmax(), "method"]
         title = f"On held-out prompts the highest mean reward is {best}'s"
     fig.update_layout(title=title, height=360, showlegend=False, margin=dict(l=60, r=20, t=80, b=50))
-    return fig
+    return LabFigure(fig)
 
 
 def accuracy_figure(before: dict, after: dict):
     """Two bars: held-out pairwise accuracy before and after reward-model training."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Bar(x=["before training", "after training"], y=[before["accuracy"], after["accuracy"]],
+    fig = LabFigure(go.Bar(x=["before training", "after training"], y=[before["accuracy"], after["accuracy"]],
                            marker_color=[METHOD_COLORS["base"], METHOD_COLORS["reward"]],
                            text=[f"{before['accuracy']:.0%}", f"{after['accuracy']:.0%}"], textposition="outside"))
     fig.add_hline(y=0.5, line_dash="dot", annotation_text="chance (50%)")

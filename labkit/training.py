@@ -10,7 +10,8 @@ it). Loading a fresh copy takes well under a second, so keep one if you want a "
 Guards: bad hyperparameters raise ``ValueError`` naming the parameter before any work; a
 non-finite loss stops training before its update is applied (the weights stay finite) and the
 history says at which step; Ctrl-C / "interrupt kernel" returns the history so far with the model
-usable.
+usable. Where training reaches into TRL's or PEFT's internals (speed on the CPU, precision under
+bf16), the code is in ``labkit.patches``, switched by ``TrainConfig`` fields.
 """
 from __future__ import annotations
 
@@ -18,20 +19,20 @@ import json
 import math
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
 from .memory import PeakMemory
+from .patches import NonFiniteLoss, guarded, quiet
 from .profiles import profile as get_profile
-from .reproducibility import set_seed
-from .plots import FigureWidget
+from .reproducibility import seeded
+from .plots import LabFigure
 
 METHODS = ("full", "lora", "dora", "qlora")
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+PACKING_STRATEGIES = ("wrapped", "bfd")
 
 
 @dataclass
@@ -55,6 +56,11 @@ class TrainConfig:
     mixed_precision: str | None = None
     packing: bool = False   # plain text only: fill every row with max_length tokens (more per step)
     seed: int = 0
+    # Speed and precision switches, on or off as measured in benchmarks/RESULTS.md (labkit/patches.py):
+    cpu_full_logits: bool = True      # on the CPU, the model's own loss instead of TRL's chunked LM head
+    adapter_sums_fp32: bool = False   # under bf16, add LoRA's output in float32 (DPO needs it; SFT does not)
+    packing_strategy: str = "wrapped"  # with packing: texts end to end; TRL's "bfd" keeps them apart (slower here)
+    fill_uninitialized_memory: bool = False  # deterministic mode's NaN-filling of new tensors (a debugging aid)
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first bad parameter."""
@@ -89,8 +95,11 @@ class TrainConfig:
                 bad("lora_dropout", "must be in [0, 1)")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             bad("mixed_precision", "choose None (from the profile), 'no', 'bf16' or 'fp16'")
-        if not isinstance(self.packing, bool):
-            bad("packing", "must be True or False")
+        for name in ("packing", "cpu_full_logits", "adapter_sums_fp32", "fill_uninitialized_memory"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "must be True or False")
+        if self.packing_strategy not in PACKING_STRATEGIES:
+            bad("packing_strategy", f"choose one of {PACKING_STRATEGIES}")
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "must be a non-negative whole number")
         return self
@@ -171,13 +180,6 @@ class TrainResult:
     model: object
     history: History
     config: TrainConfig
-
-
-class NonFiniteLoss(RuntimeError):
-    def __init__(self, step: int, value: float):
-        super().__init__(f"loss became {value} at step {step}; training stopped before applying "
-                         "that update (the weights are those of the step before)")
-        self.step, self.value = step, value
 
 
 # --- PEFT -------------------------------------------------------------------------------------
@@ -292,21 +294,62 @@ class HistoryCallback(TrainerCallback):
                         control.should_training_stop = True
 
 
+class Progress:
+    """Steps done, time left and the last loss. In a notebook: one HTML line redrawn in place
+    (it renders in every front end and in static HTML, unlike a widget bar); elsewhere a tqdm bar."""
+
+    def __init__(self, total: int, label: str = "training"):
+        self.total, self.label, self.done, self.loss = total, label, 0, None
+        self.start, self.handle, self.bar = time.perf_counter(), None, None
+        if in_notebook():
+            from IPython.display import HTML, display
+
+            self.handle = display(HTML(self.html()), display_id=True)
+        else:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="step")
+
+    def html(self) -> str:
+        import html
+
+        elapsed = time.perf_counter() - self.start
+        text = f"{html.escape(self.label)}: {self.done}/{self.total} steps, {elapsed:.0f} s"
+        if 0 < self.done < self.total:
+            text += f", about {elapsed / self.done * (self.total - self.done):.0f} s left"
+        if self.loss is not None:
+            text += f", loss {self.loss:.3f}"
+        return (f'<div><progress value="{self.done}" max="{max(self.total, 1)}" style="width:200px">'
+                f"</progress> <code>{text}</code></div>")
+
+    def update(self, step: int, loss: float | None = None):
+        self.done, self.loss = step, loss if loss is not None else self.loss
+        if self.handle is not None:
+            from IPython.display import HTML
+
+            self.handle.update(HTML(self.html()))
+        else:
+            self.bar.update(step - self.bar.n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.3f}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
 class ProgressCallback(TrainerCallback):
-    """A ``tqdm.auto`` bar: a widget in a notebook, a text bar in a script."""
+    """A :class:`Progress` line, updated at every logged step."""
 
     def __init__(self, total: int, label: str = "training"):
         self.total, self.label, self.bar = total, label, None
 
     def on_train_begin(self, args, state, control, **kw):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.total, desc=self.label, unit="step")
+        self.bar = Progress(self.total, self.label)
 
     def on_log(self, args, state, control, logs=None, **kw):
         if self.bar is not None and logs and "loss" in logs:
-            self.bar.update(state.global_step - self.bar.n)
-            self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            self.bar.update(state.global_step, logs["loss"])
 
     def close(self):
         if self.bar is not None:
@@ -314,20 +357,18 @@ class ProgressCallback(TrainerCallback):
 
 
 class LiveLossPlot:
-    """A plotly ``FigureWidget`` that draws the loss as training goes (notebooks only)."""
+    """A loss chart that draws each step as training goes (notebooks only); the validation line
+    appears with the first evaluation."""
 
     def __init__(self, title: str = "Training loss", name: str = "train loss", color: str | None = None,
                  figure=None):
-        import plotly.graph_objects as go
-
-        self.figure = figure or FigureWidget(layout=dict(
+        self.name, self.color = name, color
+        self.figure = figure or LabFigure(layout=dict(
             title=title, xaxis_title="optimizer step", yaxis_title="loss (cross-entropy, nats/token)",
             height=320, margin=dict(l=60, r=20, t=50, b=40)))
         self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name, line=dict(color=color))
         self.train_trace = self.figure.data[-1]
-        self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=f"{name} (validation)",
-                                line=dict(color=color, dash="dash"))
-        self.eval_trace = self.figure.data[-1]
+        self.eval_trace = None
 
     def __call__(self, row, ev):
         with self.figure.batch_update():
@@ -335,120 +376,15 @@ class LiveLossPlot:
                 self.train_trace.x = tuple(self.train_trace.x) + (row["step"],)
                 self.train_trace.y = tuple(self.train_trace.y) + (row["loss"],)
             if ev is not None:
+                if self.eval_trace is None:
+                    self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=f"{self.name} (validation)",
+                                            line=dict(color=self.color, dash="dash"))
+                    self.eval_trace = self.figure.data[-1]
                 self.eval_trace.x = tuple(self.eval_trace.x) + (ev["step"],)
                 self.eval_trace.y = tuple(self.eval_trace.y) + (ev["eval_loss"],)
 
 
 # --- the trainer ------------------------------------------------------------------------------
-
-def full_logits_log_probs(hidden, weight, bias, targets, temperature, chunk_size=None,
-                          final_logit_softcapping=None, logit_scale=1.0, outputs=("log_probs",)):
-    """What TRL's fused LM head computes (``ChunkedLogProbFunction``, same arguments), from the full
-    ``tokens x vocabulary`` logits: one matmul (bf16 under autocast) and one float32 log-softmax.
-
-    TRL scores the vocabulary in chunks so the full logits never exist: a Triton kernel on a GPU,
-    but on the CPU a loop of torch operations over each chunk that recomputes it in the backward
-    pass and multiplies the gradient in float32. Here that head was 40% of a DPO step; this one is
-    1.7x faster at a DPO step's shape (``benchmarks/RESULTS.md``). ``chunk_size`` is accepted and unused."""
-    z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
-    if final_logit_softcapping is not None:
-        z = final_logit_softcapping * torch.tanh(z / final_logit_softcapping)
-    z = z / temperature
-    log_p = z.log_softmax(-1)
-    log_probs = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_p.exp() * log_p).sum(-1) if "entropy" in outputs else None
-    with torch.no_grad():   # metrics only, as in TRL
-        log_sum_sq_probs = torch.logsumexp(2 * log_p, -1) if "log_sum_sq_probs" in outputs else None
-        mean_logits = z.mean(-1) if "mean_logits" in outputs else None
-        is_top1 = z.argmax(-1) == targets if "is_top1" in outputs else None   # the first maximum, as TRL
-    return log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1
-
-
-@contextmanager
-def full_logits_on_cpu(enabled: bool = True):
-    """While inside, TRL's fused LM head (DPO, GRPO) takes :func:`full_logits_log_probs` for tensors
-    on the CPU, and its own chunked kernel elsewhere."""
-    import trl.trainer.utils as trl_utils
-
-    chunked = trl_utils._ChunkedLogProbFunction
-
-    class CPUFirst:
-        @staticmethod
-        def apply(hidden, *args):
-            return (full_logits_log_probs if hidden.device.type == "cpu" else chunked.apply)(hidden, *args)
-
-    trl_utils._ChunkedLogProbFunction = CPUFirst if enabled else chunked
-    try:
-        yield
-    finally:
-        trl_utils._ChunkedLogProbFunction = chunked
-
-
-@contextmanager
-def adapter_sums_in_float32(model, enabled: bool = True):
-    """While inside, each LoRA/DoRA layer adds its adapter's output to the frozen layer's output in
-    float32.
-
-    Under bf16 autocast the frozen layer's output is rounded to bf16 (8 bits of mantissa, about
-    0.4%), and PEFT adds the adapter's output to it in that precision: an adapter whose
-    contribution is still smaller than the rounding step is partly rounded away. DPO, which learns
-    from small differences against the reference model, then moved about a third less in 4 steps
-    than in float32 (its reward margin; ``benchmarks/RESULTS.md``). A hook returns the frozen
-    output in float32 (exactly the bf16 value: the matmul still runs in bf16), so the sum keeps
-    the adapter's contribution. Layers whose adapter is switched off (the reference model) get the
-    same hook, so both see the same precision. For SFT the loss stays within 1% of float32's
-    without it, and the hook costs 6-15% of a step, so ``labkit.train`` does without it."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    hooks = []
-    if enabled:
-        for module in model.modules():
-            if isinstance(module, BaseTunerLayer):
-                hooks.append(module.get_base_layer().register_forward_hook(lambda m, args, out: out.float()))
-    try:
-        yield
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def guarded(trainer_cls, model_loss_on_cpu: bool = False, full_logits: bool = False,
-            float32_adapter_sums: bool = False):
-    """``trainer_cls`` (any TRL/transformers trainer) that refuses to apply an update computed from
-    a non-finite loss: it raises :class:`NonFiniteLoss` before the backward pass.
-
-    Two speed-ups for the CPU, where TRL's fused, chunked LM head is slow (see
-    :func:`full_logits_log_probs`):
-
-    - ``model_loss_on_cpu`` (``SFTTrainer``): take the model's own cross-entropy instead of TRL's
-      head. A LoRA training step was about 1.25x faster for the same loss.
-    - ``full_logits`` (``DPOTrainer``, ``GRPOTrainer``): their log-probabilities come from the full
-      logits while training runs (:func:`full_logits_on_cpu`).
-
-    And one for precision: ``float32_adapter_sums`` (DPO, GRPO), under bf16 autocast, adds each
-    adapter's output in float32 while training runs (:func:`adapter_sums_in_float32`)."""
-    from transformers import Trainer
-
-    class Guarded(trainer_cls):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model_loss_on_cpu and self.accelerator.device.type == "cpu":
-                compute = Trainer.compute_loss.__get__(self)   # model(**inputs).loss, labels -100 ignored
-            else:
-                compute = super().compute_loss
-            out = compute(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-            loss = out[0] if return_outputs else out
-            if model.training and not torch.isfinite(loss.detach()).all():
-                raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
-            return out
-
-        def train(self, *args, **kwargs):
-            with (full_logits_on_cpu(full_logits),
-                  adapter_sums_in_float32(self.model, float32_adapter_sums and self.args.bf16)):
-                return super().train(*args, **kwargs)
-
-    Guarded.__name__ = f"Guarded{trainer_cls.__name__}"
-    return Guarded
-
 
 def sft_config(cfg: TrainConfig, output_dir: str, has_eval: bool, device: str):
     """TRL's ``SFTConfig`` for this experiment (every keyword here is checked by the drift test)."""
@@ -473,7 +409,7 @@ def sft_config(cfg: TrainConfig, output_dir: str, has_eval: bool, device: str):
         # packing: texts joined end to end (EOS between them) and cut into max_length rows, so no
         # row is padding. "wrapped" lets a row's texts see each other; TRL's default "bfd" keeps
         # them apart with a block mask, which on the CPU ran slower than no packing at all.
-        packing=cfg.packing, packing_strategy="wrapped",
+        packing=cfg.packing, packing_strategy=cfg.packing_strategy,
     )
 
 
@@ -487,14 +423,19 @@ def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_
     (``train(m, tok, data, method="full", learning_rate=1e-5)``). ``live`` draws the loss curve
     as it goes (default: in a notebook); pass ``plot=LiveLossPlot(...)`` to draw into your own.
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (e.g. to snapshot weights).
+
+    The seed, deterministic kernels and quieter libraries hold for this call only: afterwards the
+    session's random generators, torch's flags, warning filters and log levels are as they were.
     """
-    import datasets
-    from transformers.trainer_callback import PrinterCallback
-
-    datasets.disable_progress_bars()  # TRL's tokenising passes take milliseconds here
-
     cfg = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
     cfg = cfg.validate().resolved(profile).validate()
+    with seeded(cfg.seed, fill_uninitialized_memory=cfg.fill_uninitialized_memory), quiet():
+        return _train(model, tokenizer, train_data, cfg, eval_data, live, plot, label, callbacks)
+
+
+def _train(model, tokenizer, train_data, cfg: TrainConfig, eval_data, live, plot, label, callbacks) -> TrainResult:
+    from transformers.trainer_callback import PrinterCallback
+
     train_ds = as_trl_dataset(train_data)
     if len(train_ds) == 0:
         raise ValueError("train_data is empty")
@@ -504,7 +445,6 @@ def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_
     eval_ds = as_trl_dataset(eval_data) if eval_data is not None else None
     device = str(next(model.parameters()).device.type)
 
-    set_seed(cfg.seed)
     model = prepare_model(model, cfg)
     history = History(config=cfg.to_dict())
     if live is None:
@@ -519,7 +459,8 @@ def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_
     with tempfile.TemporaryDirectory(prefix="labkit-train-") as out, PeakMemory() as memory:
         from trl import SFTTrainer
 
-        trainer = guarded(SFTTrainer, model_loss_on_cpu=True)(
+        trainer = guarded(SFTTrainer, model_loss_on_cpu=cfg.cpu_full_logits,
+                          float32_adapter_sums=cfg.adapter_sums_fp32)(
             model=model, args=sft_config(cfg, out, eval_ds is not None, device),
             train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
             callbacks=[HistoryCallback(history, memory, cfg.early_stopping_patience, on_row=plot),

@@ -30,8 +30,28 @@ def real_model():
 
 
 @pytest.fixture
+def reply_nll():
+    """``reply_nll(model, tok, messages, max_length=None)``, by hand: the summed cross-entropy of
+    the reply's tokens, each given everything before it (the prompt is fed, not scored), and how
+    many reply tokens there are within ``max_length``."""
+    import torch
+
+    def nll(model, tok, messages, max_length=None):
+        prompt = tok.apply_chat_template(messages[:-1], add_generation_prompt=True)["input_ids"]
+        full = tok.apply_chat_template(messages)["input_ids"][:max_length]
+        with torch.no_grad():
+            logits = model(torch.tensor([full])).logits[0]
+        reply = range(len(prompt), len(full))
+        targets = torch.tensor([full[i] for i in reply])
+        return torch.nn.functional.cross_entropy(logits[[i - 1 for i in reply]], targets, reduction="sum").item(), len(reply)
+
+    return nll
+
+
+@pytest.fixture
 def chunked_head_calls(monkeypatch):
-    """A list that grows by one each time TRL's fused, chunked LM head runs (a spy in its place)."""
+    """A list that grows by one each time TRL's fused, chunked LM head runs (a spy in its place:
+    at the name labkit.patches.full_logits_on_cpu swaps, so the swap sees the spy as TRL's head)."""
     import trl.trainer.utils as trl_utils
 
     calls, chunked = [], trl_utils._ChunkedLogProbFunction

@@ -193,7 +193,7 @@ def library_calls(source: str, file: str = "<string>") -> list[LibraryCall]:
             return text, [returns_class[func.func.id]]
         if (isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "guarded"
                 and func.args and isinstance(func.args[0], ast.Name) and func.args[0].id in imports):
-            return text, [imports[func.args[0].id]]   # labkit.training.guarded(Trainer) subclasses it
+            return text, [imports[func.args[0].id]]   # labkit.patches.guarded(Trainer) subclasses it
         if isinstance(func, ast.Attribute):
             base = func.value
             if isinstance(base, ast.Name):
@@ -281,18 +281,20 @@ def test_every_keyword_labkit_passes_to_the_libraries_still_exists(all_calls):
     assert not found, "API drift (update labkit or the tested version ranges):\n" + "\n".join(found)
 
 
+SFT_CALL = "guarded(SFTTrainer, model_loss_on_cpu=cfg.cpu_full_logits, float32_adapter_sums=cfg.adapter_sums_fp32)"
+
+
 def test_the_drift_check_sees_labkits_main_calls(all_calls):
     """Guard against a checker that silently finds nothing."""
     targets = {c.target for c in all_calls}
     for expected in ("SFTConfig", "LoraConfig", "BitsAndBytesConfig", "AutoModelForCausalLM.from_pretrained",
-                     "AutoTokenizer.from_pretrained", "guarded(SFTTrainer, model_loss_on_cpu=True)",
-                     "guarded(RewardTrainer)",
-                     "guarded(GRPOTrainer, full_logits=True, float32_adapter_sums=True)",
-                     "guarded(DPOTrainer, full_logits=True, float32_adapter_sums=True)"):
+                     "AutoTokenizer.from_pretrained", SFT_CALL, "guarded(RewardTrainer)",
+                     "guarded(GRPOTrainer, full_logits=cfg.cpu_full_logits, float32_adapter_sums=cfg.adapter_sums_fp32)",
+                     "guarded(DPOTrainer, full_logits=cfg.cpu_full_logits, float32_adapter_sums=cfg.adapter_sums_fp32)"):
         assert expected in targets, f"the drift check no longer sees labkit's {expected}(...) call"
     keywords = {k for c in all_calls if c.target == "AutoModelForCausalLM.from_pretrained" for k in c.keywords}
     assert {"gguf_file", "dtype", "quantization_config", "device_map"} <= keywords  # incl. **kwargs splats
-    sft = next(c for c in all_calls if c.target == "guarded(SFTTrainer, model_loss_on_cpu=True)")
+    sft = next(c for c in all_calls if c.target == SFT_CALL)
     assert "processing_class" in sft.keywords
 
 
@@ -373,17 +375,3 @@ def test_installed_versions_are_the_tested_ones():
         if not req[lib].contains(v.split("+")[0]):
             wrong.append(f"{lib} {v} is outside the tested range {req[lib]}")
     assert not wrong, "\n".join(wrong)
-
-
-def test_full_logits_head_takes_the_arguments_of_trls_chunked_head():
-    """labkit.training.full_logits_log_probs stands in for TRL's private ChunkedLogProbFunction on
-    the CPU, called with the same positional arguments: fail here, clearly, if TRL changes them."""
-    import inspect
-
-    import trl.trainer.utils as trl_utils
-
-    from labkit.training import full_logits_log_probs
-
-    theirs = list(inspect.signature(trl_utils._ChunkedLogProbFunction.forward).parameters)[1:]   # after ctx
-    ours = list(inspect.signature(full_logits_log_probs).parameters)
-    assert theirs == ours, f"TRL's chunked LM head now takes {theirs}; labkit's stand-in takes {ours}"

@@ -76,6 +76,9 @@ def test_config_validates_and_serialises():
         rlhf.RLHFConfig(dpo_steps=0).validate()
     with pytest.raises(ValueError, match="temperature"):
         rlhf.RLHFConfig(temperature=0.0).validate()
+    assert cfg.to_dict()["cpu_full_logits"] is True and cfg.to_dict()["adapter_sums_fp32"] is True
+    with pytest.raises(ValueError, match="cpu_full_logits"):
+        rlhf.RLHFConfig(cpu_full_logits=1).validate()
 
 
 def test_sample_responses_shape_and_checks(toy):
@@ -99,20 +102,83 @@ def test_train_reward_model_runs_and_returns_a_plain_model(toy):
     assert len(rlhf.reward_scores(result.model, tok, ["Hi?"], ["Hello."])) == 1
 
 
-def test_grpo_logs_reward_and_kl(toy):
+@pytest.fixture
+def adapter_weights(monkeypatch):
+    """``{"before": {...}, "after": {...}}``: the LoRA parameters of the model a TRL trainer trains,
+    copied as its ``train()`` begins and ends (the adapter is added inside the trainer)."""
+    import trl
+
+    seen = {}
+
+    def spy(cls):
+        original = cls.train
+
+        def train(self, *args, **kwargs):
+            def lora():
+                return {n: p.detach().clone() for n, p in self.model.named_parameters() if "lora_" in n}
+
+            seen["before"] = lora()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                seen["after"] = lora()
+
+        monkeypatch.setattr(cls, "train", train)
+
+    spy(trl.DPOTrainer)
+    spy(trl.GRPOTrainer)
+    return seen
+
+
+def changed(weights):
+    before, after = weights["before"], weights["after"]
+    assert before and before.keys() == after.keys(), "no LoRA adapter was trained"
+    return [n for n in before if not torch.equal(before[n], after[n])]
+
+
+def test_grpo_step_moves_the_adapter_and_logs_reward_and_kl(toy, adapter_weights):
     policy, tok = toy
     rm = toy_reward_model(tok, seed=1)
     result = rlhf.optimise_policy(policy, tok, rm, [p["prompt"] for p in PAIRS], tiny_cfg(), live=False)
     assert result.stopped == "finished" and len(result.rows) == 1
-    assert {"reward", "kl", "completions/mean_length"} <= set(result.rows[0])
+    row = result.rows[0]
+    assert {"reward", "kl", "completions/mean_length"} <= set(row)
+    # the two samples scored differently, so their advantages are not zero and the step moved the adapter
+    assert row["reward_std"] > 0 and row["grad_norm"] > 0
+    assert any("lora_B" in n for n in changed(adapter_weights)), "GRPO's step left the adapter as it was"
     assert len(result.curves.figure.data[0].y) == 1  # the live curve got its point
 
 
-def test_dpo_runs_a_step(toy):
+def test_dpo_moves_the_adapter_and_widens_the_margin(toy, adapter_weights):
+    """Step 1 sees the policy equal to the reference (LoRA starts as a no-op): margin 0, loss
+    -log sigmoid(0) = log 2. After one update on the same four pairs the chosen answers gain on
+    the rejected ones."""
+    import math
+
     policy, tok = toy
-    result = rlhf.train_dpo(policy, tok, PAIRS, tiny_cfg(), live=False)
-    assert result.stopped == "finished" and len(result.rows) == 1
-    assert "rewards/margins" in result.rows[0]
+    result = rlhf.train_dpo(policy, tok, PAIRS, tiny_cfg(dpo_steps=2, dpo_batch_size=4, dpo_learning_rate=5e-3),
+                            live=False)
+    assert result.stopped == "finished" and len(result.rows) == 2
+    first, second = result.rows
+    assert first["rewards/margins"] == pytest.approx(0, abs=1e-6) and first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert second["rewards/margins"] > 1e-3 and second["rewards/accuracies"] == 1.0
+    assert second["loss"] < first["loss"]
+    assert any("lora_B" in n for n in changed(adapter_weights)), "DPO left the adapter as it was"
+    # measured here, not by TRL: the trained policy prefers each pair's chosen reply more than the
+    # reference does (this catches chosen and rejected swapped on the way into TRL)
+    from labkit.predictions import continuation_logprob
+
+    def preference(model):
+        return sum(continuation_logprob(model, tok, prompt, p["chosen"]) -
+                   continuation_logprob(model, tok, prompt, p["rejected"])
+                   for p in PAIRS for prompt in [tok.apply_chat_template(rlhf.chat(p["prompt"]), tokenize=False,
+                                                                         add_generation_prompt=True)])
+
+    with torch.no_grad():
+        tuned = preference(result.model)
+        with result.model.disable_adapter():
+            reference = preference(result.model)
+    assert tuned > reference
 
 
 def test_compare_policies_and_reward_widget(toy):
@@ -129,6 +195,13 @@ def test_compare_policies_and_reward_widget(toy):
     after = tuple(w.figure.data[0].y)
     assert before[0] == pytest.approx(after[0]) and before[1] != after[1]
     assert "prefers" in w.figure.layout.title.text
+    # the preferred response is drawn in the "chosen" colour, whichever it is (it was always A)
+    a_score, b_score = after
+    winner = 0 if a_score > b_score else 1
+    colors = list(w.figure.data[0].marker.color)
+    assert colors[winner] == rlhf.METHOD_COLORS["chosen"] and colors[1 - winner] == rlhf.METHOD_COLORS["rejected"]
+    w.response_a.value, w.response_b.value = w.response_b.value, w.response_a.value
+    assert list(w.figure.data[0].marker.color) == colors[::-1]
 
 
 @pytest.mark.model
@@ -140,16 +213,17 @@ def test_real_reward_model_has_one_output_and_a_pad_token():
 
 
 @pytest.mark.parametrize("stage", ["dpo", "grpo"])
-def test_full_logits_on_cpu_match_trls_chunked_head(stage, monkeypatch, chunked_head_calls):
+def test_full_logits_on_cpu_match_trls_chunked_head(stage, chunked_head_calls):
     """On the CPU, DPO and GRPO score tokens from the full logits instead of TRL's chunked LM head
-    (faster there): every logged number must be the same, and TRL's chunked kernel must not run."""
+    (faster there; labkit.patches.full_logits_on_cpu): every logged number must be the same, and
+    TRL's chunked kernel must not run."""
     import trl.trainer.utils as trl_utils
 
     from labkit.toy import toy_model
 
-    def run():
+    def run(**switch):
         policy, tok = toy_model()
-        cfg = tiny_cfg(dpo_steps=2, policy_steps=2, temperature=0.7)
+        cfg = tiny_cfg(dpo_steps=2, policy_steps=2, temperature=0.7, **switch)
         if stage == "dpo":
             return rlhf.train_dpo(policy, tok, PAIRS, cfg, live=False).rows
         return rlhf.optimise_policy(policy, tok, toy_reward_model(tok, seed=1), [p["prompt"] for p in PAIRS],
@@ -159,9 +233,7 @@ def test_full_logits_on_cpu_match_trls_chunked_head(stage, monkeypatch, chunked_
     ours = run()
     assert not calls, "labkit should not use TRL's chunked head on the CPU"
     assert trl_utils._ChunkedLogProbFunction.__name__ == "Spy", "the swap must end with training"
-    original = rlhf.guarded
-    monkeypatch.setattr(rlhf, "guarded", lambda cls, **kw: original(cls))   # TRL's own head
-    trls = run()
+    trls = run(cpu_full_logits=False)   # TRL's own head
     assert calls, "the reference run should use TRL's chunked head"
     keys = [k for k in trls[0] if k not in ("elapsed_s",) and "time" not in k and "per_second" not in k]
     assert len(ours) == len(trls) == 2 and {"loss"} <= set(keys)

@@ -15,7 +15,7 @@ def params_snapshot(model):
 @pytest.mark.parametrize("field,value", [
     ("learning_rate", 0), ("learning_rate", -1e-4), ("learning_rate", float("nan")),
     ("lora_r", 0), ("batch_size", 0), ("steps", 0), ("method", "magic"), ("schedule", "zigzag"),
-    ("warmup_steps", -1), ("max_length", 4),
+    ("warmup_steps", -1), ("max_length", 4), ("cpu_full_logits", "yes"), ("packing_strategy", "tight"),
 ])
 def test_bad_hyperparameters_fail_before_any_work(toy, toy_text, field, value):
     model, tok = toy
@@ -99,13 +99,38 @@ def test_keyboard_interrupt_returns_partial_history(toy, toy_text):
     assert isinstance(generate(result.model, tok, "The", max_new_tokens=2), str)
 
 
-def test_chat_data_trains_on_the_reply_only(toy):
+def test_chat_data_trains_on_the_reply_only(toy, reply_nll):
+    """The batches that reach the model carry labels -100 on every prompt token and the reply's own
+    ids on the reply, and the first logged loss is the cross-entropy on the reply tokens alone."""
     model, tok = toy
-    data = [{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}] * 4
-    result = train(model, tok, data, method="full", steps=2, learning_rate=1e-3)
-    assert result.history.stopped == "finished"
-    # the tokens counted per step are the whole sequences; loss only on the reply is TRL's job
-    assert all(r["tokens"] > 0 for r in result.history.rows)
+    chats = [[{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}],
+             [{"role": "user", "content": "Count to three please"}, {"role": "assistant", "content": "one, two"}]]
+    batches = []
+
+    def grab(module, args, kwargs):
+        if module.training:
+            batches.append({k: kwargs.get(k) for k in ("input_ids", "labels")})
+
+    model.register_forward_pre_hook(grab, with_kwargs=True)
+    result = train(model, tok, [{"messages": m} for m in chats], method="full", steps=1, batch_size=2,
+                   learning_rate=1e-3, mixed_precision="no")
+    assert result.history.stopped == "finished" and len(batches) == 1
+    assert batches[0]["labels"] is not None, "the model got no labels: find where the loss mask is made now"
+    expected = {}
+    for chat in chats:
+        prompt = tok.apply_chat_template(chat[:1], add_generation_prompt=True)["input_ids"]
+        full = tok.apply_chat_template(chat)["input_ids"]
+        assert full[:len(prompt)] == prompt and len(full) > len(prompt)
+        expected[tuple(full)] = [-100] * len(prompt) + full[len(prompt):]
+    seen = set()
+    for ids, labels in zip(batches[0]["input_ids"].tolist(), batches[0]["labels"].tolist()):
+        full = next(f for f in expected if list(f) == ids[:len(f)])   # each row: one record, then padding
+        seen.add(full)
+        assert labels == expected[full] + [-100] * (len(ids) - len(full)), tok.decode(ids)
+    assert seen == set(expected)
+    fresh, _ = toy_model()   # the weights the first step's loss was computed with
+    sums = [reply_nll(fresh, tok, chat) for chat in chats]
+    assert result.history.losses[0] == pytest.approx(sum(s for s, _ in sums) / sum(n for _, n in sums), rel=1e-5)
 
 
 def test_config_round_trip(tmp_path):
@@ -117,28 +142,24 @@ def test_config_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["text", "chat"])
-def test_model_loss_on_cpu_matches_trls_fused_head(kind, toy_text, monkeypatch, chunked_head_calls):
+def test_model_loss_on_cpu_matches_trls_fused_head(kind, toy_text, chunked_head_calls):
     """On the CPU labkit takes the model's own cross-entropy instead of TRL's chunked LM head
-    (faster there); the losses, eval loss and updates must be the same."""
-    import labkit.training as T
-
+    (faster there; labkit.patches.guarded); the losses, eval loss and updates must be the same."""
     data = toy_text if kind == "text" else [
         {"messages": [{"role": "user", "content": f"Count to {i}"},
                       {"role": "assistant", "content": " ".join(str(j) for j in range(i))}]} for i in range(2, 10)]
     settings = dict(method="full", steps=3, batch_size=4, learning_rate=1e-3, mixed_precision="no",
                     eval_every=3)
 
-    def run():
+    def run(**switch):
         model, tok = toy_model()
-        r = train(model, tok, data, eval_data=data[:4], **settings)
+        r = train(model, tok, data, eval_data=data[:4], **settings, **switch)
         return r.history.losses + r.history.eval_losses
 
     calls = chunked_head_calls
     ours = run()
     assert not calls, "labkit should not use TRL's fused head on the CPU"
-    original = T.guarded
-    monkeypatch.setattr(T, "guarded", lambda cls, **kw: original(cls))   # TRL's own compute_loss
-    trls = run()
+    trls = run(cpu_full_logits=False)   # TRL's own compute_loss
     assert calls, "the reference run should use TRL's fused head"
     assert len(ours) == len(trls) == 4
     assert ours == pytest.approx(trls, rel=1e-4)
@@ -168,12 +189,15 @@ def test_packing_refuses_chat_data_before_any_work(toy):
 
 
 def test_seeding_keeps_deterministic_kernels_without_nan_filling():
-    """Deterministic mode would fill every new tensor with NaN first: ~10% of a CPU step."""
-    from labkit.reproducibility import set_seed
+    """Deterministic mode would fill every new tensor with NaN first, a cost on every CPU step
+    (benchmarks/RESULTS.md); TrainConfig.fill_uninitialized_memory turns it back on."""
+    from labkit.reproducibility import seeded
 
-    set_seed(0)
-    assert torch.are_deterministic_algorithms_enabled()
-    assert torch.utils.deterministic.fill_uninitialized_memory is False
+    with seeded(0):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    with seeded(0, fill_uninitialized_memory=True):
+        assert torch.utils.deterministic.fill_uninitialized_memory is True
 
 
 def test_adapter_sums_in_float32_keep_an_adapter_smaller_than_bf16_rounding():
@@ -182,7 +206,7 @@ def test_adapter_sums_in_float32_keep_an_adapter_smaller_than_bf16_rounding():
     hooks are gone afterwards."""
     from peft import LoraConfig, get_peft_model
 
-    from labkit.training import adapter_sums_in_float32
+    from labkit.patches import adapter_sums_in_float32
 
     torch.manual_seed(0)
     model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(64, 64)),
