@@ -1,6 +1,5 @@
 """The method-comparison runner: metrics, the saved JSON layout, the side-by-side table."""
 import json
-import math
 
 import pytest
 
@@ -13,13 +12,15 @@ CHATS = [{"messages": [{"role": "user", "content": "Add one and two."},
                        {"role": "assistant", "content": "The capital of France is Paris."}]}]
 
 
-def test_heldout_loss_scores_the_reply_only():
+def test_heldout_loss_scores_the_reply_only(reply_nll):
     model, tok = toy_model()
-    loss = compare.heldout_loss(model, tok, CHATS)
-    assert math.isfinite(loss) and loss > 0
-    longer_prompt = [{"messages": [{"role": "user", "content": "Add one and two, please, now."}, CHATS[0]["messages"][1]]}]
-    # the reply is the same, so only its tokens are scored: a different prompt changes the loss a bit, not its scale
-    assert compare.heldout_loss(model, tok, longer_prompt) == pytest.approx(compare.heldout_loss(model, tok, CHATS[:1]), rel=0.5)
+    sums = [reply_nll(model, tok, c["messages"]) for c in CHATS]
+    expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
+    assert compare.heldout_loss(model, tok, CHATS) == pytest.approx(expected, rel=1e-5)
+    # cut inside the first reply: only the reply tokens within max_length are scored
+    cut = len(tok.apply_chat_template(CHATS[0]["messages"][:-1], add_generation_prompt=True)["input_ids"]) + 3
+    nll, n = reply_nll(model, tok, CHATS[0]["messages"], max_length=cut)
+    assert n == 3 and compare.heldout_loss(model, tok, CHATS[:1], max_length=cut) == pytest.approx(nll / n, rel=1e-5)
     with pytest.raises(ValueError, match="reply tokens"):
         compare.heldout_loss(model, tok, CHATS, max_length=3)
 

@@ -39,8 +39,12 @@ def test_sense_shares_sum_to_one_per_shared_prompt(toy):
 
 def test_domain_perplexities_on_the_toy_model(toy):
     model, tok = toy
-    ppl = domains.domain_perplexities(model, tok, {"code": ["def add(a, b):\n    return a + b"]})
-    assert set(ppl) == {"code"} and ppl["code"] > 1
+    from labkit.predictions import perplexity
+
+    texts = {"code": ["def add(a, b):\n    return a + b"], "general": ["The quick brown fox jumps."]}
+    ppl = domains.domain_perplexities(model, tok, texts)
+    assert ppl == {d: pytest.approx(perplexity(model, tok, t, max_length=128), rel=1e-6) for d, t in texts.items()}
+    assert ppl["code"] != pytest.approx(ppl["general"])   # each domain scored on its own texts
 
 
 def _fake_table(share_medical):

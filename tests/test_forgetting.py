@@ -24,17 +24,29 @@ def test_perplexity_by_hand(toy):
 
 
 def test_cloze_scoring_by_hand(toy):
+    """An item is right only when the model's most likely token is the answer's at every answer
+    position. A hook on the toy model's logits makes greedy decoding write " Paris." after the
+    prompt, whatever the seed; " Paris!" is wrong at its last token only."""
     model, tok = toy
-    prompt = "The quick brown"
-    ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        greedy = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
-    right, wrong = tok.decode([greedy]), tok.decode([(greedy + 1) % len(tok)])
-    if tok(right, add_special_tokens=False)["input_ids"] != [greedy]:
-        pytest.skip("greedy token does not round-trip through decode")
-    assert cloze_correct(model, tok, prompt, right)
-    items = [{"prompt": prompt, "answer": right}, {"prompt": prompt, "answer": wrong}]
-    assert cloze_accuracy(model, tok, items) == pytest.approx(0.5)
+    prompt, answer = "The capital of France is", " Paris."
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tok(answer, add_special_tokens=False)["input_ids"]
+
+    def steer(module, args, kwargs, output):
+        ids = kwargs["input_ids"][0].tolist()
+        assert ids[:len(p_ids)] == p_ids
+        for j, a in enumerate(a_ids[:len(ids) - len(p_ids) + 1]):
+            output.logits[0, len(p_ids) - 1 + j, a] += 1e4
+        return output
+
+    model.register_forward_hook(steer, with_kwargs=True)
+    almost = " Paris!"
+    assert tok(almost, add_special_tokens=False)["input_ids"][:-1] == a_ids[:-1] and len(a_ids) > 2
+    assert cloze_correct(model, tok, prompt, answer)
+    assert not cloze_correct(model, tok, prompt, almost)
+    assert not cloze_correct(model, tok, prompt, " London.")
+    items = [{"prompt": prompt, "answer": a} for a in (answer, almost, " London.")]
+    assert cloze_accuracy(model, tok, items) == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 0.75])

@@ -66,7 +66,10 @@ def test_generation_greedy_is_repeatable_and_chat_uses_the_template(toy):
     a = generate(model, tok, "The capital", max_new_tokens=5)
     assert a == generate(model, tok, "The capital", max_new_tokens=5)
     assert "<|im_start|>user\nhi" in chat_prompt(tok, "hi")
-    assert isinstance(generate(model, tok, "hi", chat=True, max_new_tokens=3), str)
+    first = int(next_token_logits(model, tok, "The capital").argmax())   # greedy: the most likely token
+    assert generate(model, tok, "The capital", max_new_tokens=1) == tok.decode([first], skip_special_tokens=True)
+    assert generate(model, tok, "hi", chat=True, max_new_tokens=3) == generate(model, tok, chat_prompt(tok, "hi"),
+                                                                               max_new_tokens=3)
 
 
 def test_sample_step_draws_from_the_top_k(toy):

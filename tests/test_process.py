@@ -30,14 +30,16 @@ def test_decision_widget_redraws_from_its_controls():
     assert w.figure.data[1].y[0] == 141
 
 
-def test_reply_loss_counts_only_replies():
+def test_reply_loss_counts_only_replies(reply_nll):
+    """Batched with padding, the loss is the hand-computed cross-entropy on the reply tokens alone."""
     model, tok = toy_model()
     rec = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there."}]}
     long_prompt = {"messages": [{"role": "user", "content": "Say hi. " * 20}, rec["messages"][1]]}
-    a = process.reply_loss(model, tok, [rec])
-    assert a > 0
-    # the same reply after a longer prompt: a different number, but still only the reply is scored
-    assert process.reply_loss(model, tok, [rec, long_prompt], batch_size=2) > 0
+    sums = [reply_nll(model, tok, r["messages"]) for r in (rec, long_prompt)]
+    expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
+    assert process.reply_loss(model, tok, [rec, long_prompt], batch_size=2) == pytest.approx(expected, rel=1e-5)
+    nll, n = sums[0]
+    assert process.reply_loss(model, tok, [rec]) == pytest.approx(nll / n, rel=1e-5)
     with pytest.raises(ValueError, match="no reply tokens"):
         process.reply_loss(model, tok, [long_prompt], max_length=8)
 
