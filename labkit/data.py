@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
 from pathlib import Path
+
+from . import files
 
 REQUIRED_FIELDS = {
     "text": ("text",),
@@ -135,22 +136,15 @@ def load_jsonl(path, format: str | None = None, split: str | None = None):
 
 
 def write_jsonl(path, records, format: str | None = None) -> Path:
-    """Validate records and write them atomically (a crash never leaves half a file)."""
-    path = Path(path)
+    """Validate records and write them atomically (``labkit.files``: a crash never leaves half
+    a file, and the earlier file stays until the new one is complete)."""
+    path, records = Path(path), list(records)
     for i, r in enumerate(records, start=1):
         fmt = format or detect_format(r)
         problem = check_record(r, fmt)
         if problem:
             raise ValueError(f"record {i}: {problem} (format {fmt!r}); nothing was written to {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return files.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def record_key(record: dict) -> str:
@@ -193,12 +187,3 @@ def train_val_split(dataset, val_fraction: float = 0.1, seed: int = 0):
         raise ValueError(f"need at least 2 records to split, got {len(dataset)}")
     parts = dataset.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
-
-
-def summarise(records) -> dict:
-    """Counts by split and task, for data cards and notebook printouts."""
-    return {
-        "records": len(records),
-        "by_split": dict(Counter(r.get("split", "-") for r in records)),
-        "by_task": dict(Counter(r.get("task", "-") for r in records)),
-    }
