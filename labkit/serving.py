@@ -10,22 +10,31 @@
 Adapter files are checked before PEFT sees them (``validate_adapter``): a missing or unreadable
 ``adapter_config.json``, a corrupt ``adapter_model.safetensors``, an adapter made for another base
 model or with shapes that do not fit raise :class:`AdapterError` naming the file.
+
+Saving never loses work (``labkit.files``): the new adapter is written beside the old one and
+swapped in whole, and ``save_adapter`` refuses a folder that is not an adapter's (it would hold
+other adapters or notes) instead of deleting it.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
-import tempfile
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
 
+from . import files
+
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+# What PEFT's save_pretrained writes into an adapter folder (README.md is its model card).
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "adapter_model.bin", "README.md")
+# What save_pretrained writes for a full model and its tokenizer (sharded weights included).
+CHECKPOINT_FILES = ("*.safetensors", "*.json", "chat_template.jinja", "merges.txt", "tokenizer.model", "README.md")
 
 
 class AdapterError(ValueError):
@@ -43,28 +52,52 @@ def dir_size_bytes(path) -> int:
 
 
 def save_full(model, tokenizer, path) -> Path:
-    """A full checkpoint (every weight, safetensors), as a full fine-tune must be shipped."""
+    """A full checkpoint (every weight, safetensors), as a full fine-tune must be shipped. It
+    replaces an earlier checkpoint in ``path`` as a whole; anything else there is refused."""
     path = Path(path)
-    model.save_pretrained(path, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
+    refuse_to_replace(path, "config.json", CHECKPOINT_FILES, "a model checkpoint")
+    with files.replacing_folder(path) as new:
+        model.save_pretrained(new, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(new)
     return path
 
 
 def save_adapter(peft_model, path, adapter_name: str | None = None) -> Path:
-    """Save one adapter (safetensors) into ``path`` itself. PEFT puts a non-default adapter in a
-    sub-folder named after it; this moves it so each adapter has its own folder."""
+    """Save one adapter (safetensors) into ``path`` itself: a new folder, or the folder of an
+    earlier adapter, replaced as a whole only once the new one is complete (``labkit.files``).
+
+    Anything else at ``path`` is refused with :class:`AdapterError`, never deleted: a folder
+    holding other things (sibling adapters, notes) is not this adapter's to replace."""
     path = Path(path)
     name = adapter_name or peft_model.active_adapter
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
-        peft_model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
-        src = Path(tmp) if name == "default" else Path(tmp) / name
-        if path.exists():
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(src), str(path))
-    path.chmod(0o755)  # a temporary folder is private (0700); an adapter folder is shared
+    refuse_to_replace(path, CONFIG_FILE, ADAPTER_FILES, "an adapter", suggestion=path / name)
+    with files.replacing_folder(path) as new:
+        peft_model.save_pretrained(new, selected_adapters=[name], safe_serialization=True)
+        if name != "default":  # PEFT puts a named adapter in a sub-folder: bring its files up
+            for f in (new / name).iterdir():
+                f.rename(new / f.name)
+            (new / name).rmdir()
     return path
+
+
+def refuse_to_replace(path, marker: str, allowed, what: str, suggestion=None) -> None:
+    """Raise :class:`AdapterError` unless ``path`` is free, an empty folder, or a folder of
+    ``what`` (it holds ``marker``) with nothing in it but files matching ``allowed``."""
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not path.is_dir():
+        raise AdapterError(f"{path}: is a file, not a folder; nothing was written. Choose another path.")
+    inside = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    shown = ", ".join(inside[:8]) + (f", ... ({len(inside)} in all)" if len(inside) > 8 else "")
+    if marker not in inside:
+        raise AdapterError(f"{path}: exists and is not {what} folder (it holds {shown}); nothing was written "
+                           f"and nothing deleted. Save into a folder of its own, e.g. {suggestion or path / 'new'}")
+    others = [n for n in inside if not any(fnmatch(n, pattern) for pattern in allowed)]
+    if others:
+        raise AdapterError(f"{path}: is {what} folder but also holds {', '.join(others)}, which saving over "
+                           "it would delete; nothing was written. Move those elsewhere, or save in another folder.")
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -91,6 +124,8 @@ def validate_adapter(path, base_model, check_name: bool = True) -> dict:
     from safetensors import safe_open
 
     path = Path(path)
+    if not path.is_dir():
+        files.clean_temps(path.parent)  # a save killed mid-swap: this puts the previous adapter back
     if not path.is_dir():
         raise AdapterError(f"{path}: no such adapter folder")
     cfg_file = path / CONFIG_FILE

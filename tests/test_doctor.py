@@ -44,7 +44,7 @@ def test_a_missing_library_fails_with_how_to_install_it(monkeypatch):
 def test_ranges_come_from_pyproject_including_jupyterlab():
     ranges = doctor.tested_ranges()
     assert ranges["trl"] and "<" in ranges["trl"]
-    assert "jupyterlab" in ranges and "anywidget" in ranges
+    assert "jupyterlab" in ranges and "ipywidgets" in ranges
     assert "jupyterlab" not in doctor.tested_ranges(extras=())
 
 
@@ -54,11 +54,11 @@ def test_widget_front_ends_are_seen_and_a_missing_or_disabled_one_fails(monkeypa
         assert checks[f"front end: {ext}"].ok, checks[f"front end: {ext}"].line()
 
     installed = doctor.labextensions()
-    monkeypatch.setattr(doctor, "labextensions", lambda: {k: v for k, v in installed.items() if k != "anywidget"})
+    monkeypatch.setattr(doctor, "labextensions", lambda: {k: v for k, v in installed.items() if k != "jupyterlab-plotly"})
     monkeypatch.setattr(doctor, "disabled_labextensions", lambda: {"@jupyter-widgets/jupyterlab-manager"})
     checks = {c.name: c for c in doctor.widget_checks()}
-    missing, disabled = checks["front end: anywidget"], checks["front end: @jupyter-widgets/jupyterlab-manager"]
-    assert not missing.ok and "pip install --force-reinstall --no-deps anywidget" in missing.fix
+    missing, disabled = checks["front end: jupyterlab-plotly"], checks["front end: @jupyter-widgets/jupyterlab-manager"]
+    assert not missing.ok and "pip install --force-reinstall --no-deps plotly" in missing.fix
     assert not disabled.ok and "jupyter labextension enable @jupyter-widgets/jupyterlab-manager" in disabled.fix
 
 
@@ -91,7 +91,7 @@ def test_command_line_doctor_passes_here():
     run = subprocess.run([sys.executable, "-m", "labkit", "doctor"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     for needle in ("[OK] transformers", "[OK] trl", "[OK] peft", "device", "profile", "model cache",
-                   "free disk", "free memory", "front end: anywidget"):
+                   "free disk", "free memory", "front end: jupyterlab-plotly"):
         assert needle in run.stdout, needle
 
 

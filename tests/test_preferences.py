@@ -4,10 +4,14 @@ import os
 
 import pytest
 
+from labkit import files
 from labkit import preferences as prefs
 
 PAIR = {"prompt": "What is a fjord?", "chosen": "A sea inlet carved by glaciers.",
         "rejected": "Well, so, fjords, right? Let me start with a story about my friend..."}
+
+
+LOCK = ".prefs.jsonl.lock"  # the lock file two writers take turns on (labkit.files.locked)
 
 
 def lines(path):
@@ -24,7 +28,7 @@ def test_append_creates_then_appends_keeping_earlier_lines_byte_identical(tmp_pa
     got = lines(path)
     assert [r["chosen"] for r in got] == [PAIR["chosen"], other["chosen"]]
     assert got[0]["id"] == prefs.judgement_id(PAIR["prompt"], PAIR["chosen"], PAIR["rejected"])
-    assert not [p for p in tmp_path.iterdir() if p.name != "prefs.jsonl"]  # no temp file left
+    assert {p.name for p in tmp_path.iterdir()} == {"prefs.jsonl", LOCK}  # no temp file left
 
 
 def test_rerun_adds_no_duplicates(tmp_path):
@@ -56,19 +60,19 @@ def test_write_is_atomic_replace(tmp_path, monkeypatch):
         assert src != dst and os.path.getsize(src) > len(before)  # the whole new file, written first
         return real_replace(src, dst)
 
-    monkeypatch.setattr(prefs.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     prefs.append_preferences(path, [{**PAIR, "chosen": "An inlet."}])
     assert calls and calls[0][1] == str(path)
 
     def crash(src, dst):
         raise OSError("disk pulled out")
 
-    monkeypatch.setattr(prefs.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     after_one = path.read_bytes()
     with pytest.raises(OSError):
         prefs.append_preferences(path, [{**PAIR, "chosen": "A glacial inlet."}])
     assert path.read_bytes() == after_one          # the old file is intact
-    assert [p.name for p in tmp_path.iterdir()] == ["prefs.jsonl"]  # and the temp file is gone
+    assert {p.name for p in tmp_path.iterdir()} == {"prefs.jsonl", LOCK}  # and the temp file is gone
 
 
 @pytest.mark.parametrize("bad_line, why", [
@@ -139,3 +143,26 @@ def test_ranking_widget_refuses_ties_without_writing(tmp_path):
     assert "different rank" in w.status.value
     with pytest.raises(ValueError, match="at least 2 responses"):
         prefs.ranking_widget([{"prompt": "p", "responses": ["only one"]}], path)
+
+
+def test_ranking_widget_says_not_saved_when_another_writer_holds_the_file(tmp_path, monkeypatch):
+    """Issue #18: the widget said "Saved" while judgements were lost to a second writer. Now a
+    writer that cannot get the file's lock saves nothing and says so; the next click saves."""
+    path = tmp_path / "mine.jsonl"
+    monkeypatch.setattr(files, "LOCK_TIMEOUT_S", 0.2)
+    w = prefs.ranking_widget(SAMPLES, path)
+    with files.locked(path):                     # another notebook is writing this file
+        w.save.click()
+    assert "Not saved" in w.status.value and "another process" in w.status.value
+    assert "Saved" not in w.status.value.replace("Not saved", "")
+    assert not path.exists() and w.saved == 0
+    w.save.click()
+    assert "Saved 3" in w.status.value and len(lines(path)) == 3
+
+
+def test_ranking_widget_says_saved_only_for_judgements_it_reads_back(tmp_path, monkeypatch):
+    path = tmp_path / "mine.jsonl"
+    w = prefs.ranking_widget(SAMPLES, path)
+    monkeypatch.setattr(prefs, "append_preferences", lambda path, judgements: len(judgements))  # writes nothing
+    w.save.click()
+    assert "Not saved: 3 judgement(s) are not in" in w.status.value and w.saved == 0

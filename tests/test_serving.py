@@ -107,3 +107,52 @@ def test_sizes_on_disk(two_adapters, tmp_path):
     full = serving.save_full(toy_model()[0], tok, tmp_path / "full")
     assert serving.dir_size_bytes(full) > serving.dir_size_bytes(folders["medical"] / "adapter_model.safetensors")
     assert "--lora-modules medical=" in serving.vllm_command("base", folders)
+
+
+# --- saving never deletes what it did not make (issue #18) --------------------------------------
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_save_adapter_refuses_a_folder_of_other_things_and_deletes_nothing(two_adapters, tmp_path):
+    """Defect 1: ``save_adapter(model, "outputs/adapters")`` deleted the sibling adapters and the
+    learner's notes in that folder."""
+    model, _, _ = two_adapters
+    root = tmp_path / "outputs" / "adapters"
+    serving.save_adapter(model, root / "medical", "medical")
+    (root / "notes.txt").write_text("medical: lr 2e-4, 30 steps")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(serving.AdapterError, match=r"adapters: exists and is not an adapter folder "
+                                                   r"\(it holds medical/, notes.txt\); nothing was written") as refused:
+        serving.save_adapter(model, root, "legal")
+    assert f"e.g. {root / 'legal'}" in str(refused.value)  # where to save it instead
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_save_adapter_replaces_an_adapter_folder_but_not_a_learners_file_in_it(two_adapters, tmp_path):
+    model, _, _ = two_adapters
+    folder = serving.save_adapter(model, tmp_path / "medical", "medical")
+    serving.save_adapter(model, folder, "legal")                      # an adapter over an adapter
+    assert (folder / serving.WEIGHTS_FILE).read_bytes() == \
+        serving.save_adapter(model, tmp_path / "legal", "legal").joinpath(serving.WEIGHTS_FILE).read_bytes()
+    (folder / "my_notes.md").write_text("keep me")
+    with pytest.raises(serving.AdapterError, match=r"medical: is an adapter folder but also holds my_notes.md"):
+        serving.save_adapter(model, folder, "medical")
+    assert (folder / "my_notes.md").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(serving.AdapterError, match="is a file"):
+        serving.save_adapter(model, tmp_path / "file", "medical")
+    assert listing(tmp_path) == ["file", "legal", "medical"]          # no temporary folders left
+
+
+def test_save_full_replaces_a_checkpoint_and_refuses_anything_else(tmp_path):
+    model, tok = toy_model()
+    full = serving.save_full(model, tok, tmp_path / "full")
+    serving.save_full(model, tok, full)                               # a checkpoint over a checkpoint
+    assert (full / "config.json").is_file() and (full / "model.safetensors").is_file()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "draft.txt").write_text("mine")
+    with pytest.raises(serving.AdapterError, match=r"work: exists and is not a model checkpoint folder"):
+        serving.save_full(model, tok, tmp_path / "work")
+    assert listing(tmp_path / "work") == ["draft.txt"]
