@@ -16,6 +16,7 @@ Organised by what a learner does:
 - ``domains``      domain corpora, perplexity per field, word senses before and after
 - ``preferences``  human judgements: a ranking widget and a safe, append-only preferences JSONL
 - ``rlhf``         generate, reward model, GRPO and DPO (TRL), compared on held-out prompts
+- ``rlhf_views``   what notebook 06 shows of RLHF: reward widget, live GRPO curves, figures, verdict
 - ``memory``       measure peak memory
 - ``toy``          a two-layer toy model for instant experiments and tests
 - ``lora``         LoRA and DoRA from scratch; trainable-parameter counts from published shapes

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .lora import ARCHITECTURES, ArchShape, lora_parameter_count, total_parameter_count
-from .plots import LabFigure, Panel
+from .plots import LabFigure, Panel, lab_layout
 
 GIB = 2**30
 METHODS = ("full", "lora", "qlora", "dora")
@@ -198,9 +198,8 @@ def calculator_widget(model: str = "llama-2-7b", method: str = "qlora", optimize
         "gradient_checkpointing": W.Checkbox(value=False, description="gradient checkpointing"),
         "gpu": W.Dropdown(options=list(GPUS), value=gpu, description="GPU"),
     }
-    self.figure = LabFigure(layout=dict(
-        barmode="stack", xaxis_title="method", yaxis_title="memory (GiB)", height=420,
-        margin=dict(l=60, r=20, t=70, b=50), legend=dict(orientation="h", y=-0.2)))
+    self.figure = lab_layout(LabFigure(), 420, top=70, legend_below=-0.2, barmode="stack", xaxis_title="method",
+                             yaxis_title="memory (GiB)")
     for part in PARTS:
         self.figure.add_bar(x=list(METHODS[:3]), y=[0, 0, 0], name=part, marker_color=PART_COLORS[part])
     self.figure.add_scatter(x=list(METHODS[:3]), y=[0, 0, 0], mode="lines", name="GPU memory",

@@ -38,7 +38,7 @@ from .models import count_parameters, footprint_bytes, load_model
 from .probes import cloze_accuracy
 from .profiles import profile as get_profile
 from .training import TrainConfig, train
-from .plots import LabFigure
+from .plots import LabFigure, lab_layout
 
 OUTPUT_DIR = Path("outputs") / "method_comparison"
 METHODS = ("full", "lora", "qlora", "dora")
@@ -250,9 +250,7 @@ def comparison_figure(table, metric: str = "heldout_loss", ylabel: str | None = 
     fig = LabFigure(go.Bar(x=list(table.index), y=list(table[metric]),
                            marker_color=[color(m) for m in table.index],
                            text=[f"{v:.3g}" for v in table[metric]], textposition="outside"))
-    fig.update_layout(title=title or metric, xaxis_title="method", yaxis_title=ylabel or metric,
-                      height=340, margin=dict(l=60, r=20, t=60, b=50))
-    return fig
+    return lab_layout(fig, 340, title=title or metric, xaxis_title="method", yaxis_title=ylabel or metric)
 
 
 def sweep_run(label: str, profile=None, **overrides) -> dict:
@@ -296,8 +294,7 @@ def magnitude_direction_figure(results: dict[str, dict], methods=("full", "lora"
                         text=[f"step {s}, {l}" for s, l in zip(d["step"], d["layer"])])
         fig.update_xaxes(title_text="ΔD (mean 1 − cosine, direction change)", row=1, col=i)
     fig.update_yaxes(title_text="ΔM (mean |Δ row norm|)", row=1, col=1)
-    fig.update_layout(height=380, margin=dict(l=60, r=20, t=80, b=50),
-                      title="Magnitude against direction change of q_proj, every layer and checkpoint")
+    lab_layout(fig, 380, top=80, title="Magnitude against direction change of q_proj, every layer and checkpoint")
     return LabFigure(fig)
 
 

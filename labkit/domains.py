@@ -17,7 +17,7 @@ import math
 import random
 
 from .data import read_jsonl
-from .plots import LabFigure, Panel
+from .plots import LabFigure, Panel, lab_layout
 
 DOMAINS = {"medical": "discharge", "legal": "motion", "code": "function"}
 TARGET_SENSE = {"medical": "medical", "legal": "legal", "code": "code"}
@@ -133,11 +133,8 @@ class ProbeExplorer:
         self.figure = LabFigure()
         self.figure.add_bar(name="before (base model)", marker_color=colors["before"])
         self.figure.add_bar(name="after domain tuning", marker_color=colors["after"])
-        self.figure.update_layout(barmode="group", height=420, yaxis_range=[0, 1],
-                                  xaxis_title="word: sense (shared prompts only)",
-                                  yaxis_title="share of probability among the senses",
-                                  margin=dict(l=60, r=20, t=70, b=60),
-                                  legend=dict(orientation="h", y=-0.3))
+        lab_layout(self.figure, 420, top=70, bottom=60, legend_below=-0.3, barmode="group", yaxis_range=[0, 1],
+                   xaxis_title="word: sense (shared prompts only)", yaxis_title="share of probability among the senses")
         self.domain.observe(lambda change: self.show(change["new"]), names="value")
         self.widget = Panel([self.domain, self.figure])
         self.show(self.domain.value)

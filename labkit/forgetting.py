@@ -23,7 +23,7 @@ from .data import read_jsonl
 from .plots import COLORS
 from .predictions import perplexity
 from .probes import cloze_accuracy, sense_table
-from .plots import LabFigure, Panel
+from .plots import LabFigure, Panel, lab_layout
 
 
 @dataclass
@@ -184,8 +184,7 @@ def frontier_figure(rows, title: str | None = None):
     fig.update_xaxes(title_text="in-domain gain (loss drop, nats/token)")
     fig.update_yaxes(title_text="accuracy lost (percentage points)", row=1, col=1)
     fig.update_yaxes(title_text="perplexity change (%)", row=1, col=2)
-    fig.update_layout(title=title or frontier_title(rows), height=420, margin=dict(l=60, r=20, t=80, b=50),
-                      legend=dict(orientation="h", y=-0.25))
+    lab_layout(fig, 420, top=80, legend_below=-0.25, title=title or frontier_title(rows))
     return LabFigure(fig)
 
 
@@ -254,10 +253,9 @@ def sense_figure(before: dict, runs: dict, title: str | None = None):
         title = (f"Last run: the {worst['sense']!r} sense moved most downward "
                  f"({worst['change']:+.2f} nats) in contexts written for it")
     fig.add_hline(y=0, line_color="black", line_width=1)
-    fig.update_layout(title=title, xaxis_title="sense of 'function' the context calls for",
-                      yaxis_title="change in log P(continuation) (nats)", height=380, barmode="group",
-                      margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.25))
-    return fig
+    return lab_layout(fig, 380, legend_below=-0.25, title=title, barmode="group",
+                      xaxis_title="sense of 'function' the context calls for",
+                      yaxis_title="change in log P(continuation) (nats)")
 
 
 # --- the widget ---------------------------------------------------------------------------------
@@ -291,9 +289,8 @@ class ForgettingLab:
         self.figure = LabFigure()
         self.figure.add_bar(x=list(self.MEASURES), y=[1.0] * len(self.MEASURES), name="base model",
                             marker_color=COLORS["base"])   # every measure ÷ itself
-        self.figure.update_layout(yaxis_title="value after ÷ value before", height=340,
-                                  title="The base model (1.0 on every measure). Press the button: each run adds bars",
-                                  margin=dict(l=60, r=20, t=60, b=50), barmode="group")
+        lab_layout(self.figure, 340, yaxis_title="value after ÷ value before", barmode="group",
+                   title="The base model (1.0 on every measure). Press the button: each run adds bars")
 
     def config(self) -> dict:
         return {"learning_rate": self.lr.value, "steps": self.steps.value, "method": self.method.value,

@@ -15,7 +15,8 @@ import math
 import numpy as np
 import torch
 from transformers import TrainerCallback
-from .plots import LabFigure, Panel
+from .plots import LabFigure, Panel, lab_layout
+from .training import SCHEDULES
 
 # --- 1. a two-parameter loss surface --------------------------------------------------------------
 
@@ -78,11 +79,9 @@ def _contour(curvature=SURFACE_CURVATURE, extent=(5.0, 2.5)):
 
 
 def _surface_layout(fig, title, extent=(5.0, 2.5)):
-    fig.update_layout(title=title, xaxis_title="weight w1 (gentle direction)",
-                      yaxis_title="weight w2 (steep direction)", height=420,
-                      xaxis=dict(range=[-extent[0], extent[0]]), yaxis=dict(range=[-extent[1], extent[1]]),
-                      margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.2))
-    return fig
+    return lab_layout(fig, 420, legend_below=-0.2, title=title, xaxis_title="weight w1 (gentle direction)",
+                      yaxis_title="weight w2 (steep direction)",
+                      xaxis=dict(range=[-extent[0], extent[0]]), yaxis=dict(range=[-extent[1], extent[1]]))
 
 
 class SurfaceExplorer:
@@ -187,9 +186,8 @@ class SweepPlot:
     ``labkit.train(plot=...)`` feeds with each step's row, which redraws the chart."""
 
     def __init__(self, title: str = "Loss per step, one line per learning rate"):
-        self.figure = LabFigure(layout=dict(title=title, xaxis_title="optimizer step",
-                                       yaxis_title="training loss (cross-entropy, nats/token)",
-                                       height=380, margin=dict(l=60, r=20, t=60, b=50)))
+        self.figure = lab_layout(LabFigure(), 380, title=title, xaxis_title="optimizer step",
+                                 yaxis_title="training loss (cross-entropy, nats/token)")
 
     def new_run(self, label: str, color: str | None = None):
         self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=label, line=dict(color=color))
@@ -268,7 +266,7 @@ def best_rate(rows) -> dict:
 
 # --- 3. schedules -----------------------------------------------------------------------------
 
-SCHEDULE_NAMES = ("constant", "constant_with_warmup", "linear", "cosine")
+# The schedules labkit.train accepts (TrainConfig.schedule), each with its colour in the charts.
 SCHEDULE_COLORS = {"constant": "#7f7f7f", "constant_with_warmup": "#2ca02c", "linear": "#1f77b4",
                    "cosine": "#9467bd"}
 
@@ -278,8 +276,8 @@ def schedule_curve(name: str, total_steps: int, warmup_steps: int = 0, learning_
     ``transformers.get_scheduler`` builds (the one the Trainer builds from ``lr_scheduler_type``)."""
     from transformers import get_scheduler
 
-    if name not in SCHEDULE_NAMES:
-        raise ValueError(f"schedule={name!r}: choose one of {SCHEDULE_NAMES}")
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule={name!r}: choose one of {SCHEDULES}")
     if total_steps < 1 or warmup_steps < 0:
         raise ValueError(f"total_steps={total_steps}, warmup_steps={warmup_steps}: need total >= 1, warmup >= 0")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate)
@@ -302,7 +300,7 @@ class ScheduleExplorer:
     scheduler objects. ``.controls``, ``.figure``, ``.curves``."""
 
     def __init__(self, total_steps: int = 100, warmup_steps: int = 10, learning_rate: float = 2e-4,
-                 names=SCHEDULE_NAMES):
+                 names=SCHEDULES):
         import ipywidgets as W
 
         self.names, self.learning_rate = names, learning_rate
@@ -313,8 +311,7 @@ class ScheduleExplorer:
         self.figure = LabFigure()
         for n in names:
             self.figure.add_scatter(x=[], y=[], mode="lines", name=n, line=dict(color=SCHEDULE_COLORS[n]))
-        self.figure.update_layout(xaxis_title="optimizer step", yaxis_title="learning rate", height=360,
-                                  margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.2))
+        lab_layout(self.figure, 360, legend_below=-0.2, xaxis_title="optimizer step", yaxis_title="learning rate")
         self.total.observe(self._update, "value")
         self.warmup.observe(self._update, "value")
         self.controls = W.HBox([self.total, self.warmup])
@@ -408,7 +405,5 @@ def update_size_figure(rows, title: str | None = None):
     fig.update_yaxes(type="log")
     title = title or (f"Measured per-step |ΔW|/|W|: median {summary['median']:.2e}; "
                       f"{summary['share_in_claimed_band']:.0%} inside the claimed band")
-    fig.update_layout(title=title, xaxis_title="module kind (all layers pooled)",
-                      yaxis_title="relative update per step |ΔW|/|W| (log)", height=400,
-                      margin=dict(l=60, r=20, t=60, b=50), showlegend=False)
-    return fig
+    return lab_layout(fig, 400, title=title, xaxis_title="module kind (all layers pooled)",
+                      yaxis_title="relative update per step |ΔW|/|W| (log)", showlegend=False)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from .plots import LabFigure, Panel
+from .plots import LabFigure, Panel, lab_layout
 
 # --- LoRA from scratch --------------------------------------------------------------------------
 
@@ -200,9 +200,8 @@ def rank_widget(arch: ArchShape | None = None, r: int = 8, alpha: int = 16, targ
         "alpha": W.IntSlider(value=alpha, min=1, max=512, description="alpha"),
         "targets": W.Dropdown(options=list(TARGETS), value=target_modules, description="adapt"),
     }
-    self.figure = LabFigure(layout=dict(
-        xaxis_title="model", yaxis_title="trainable parameters (% of the model, log scale)",
-        yaxis_type="log", height=380, margin=dict(l=60, r=20, t=60, b=50)))
+    self.figure = lab_layout(LabFigure(), 380, xaxis_title="model",
+                             yaxis_title="trainable parameters (% of the model, log scale)", yaxis_type="log")
     self.figure.add_bar(x=[a.name for a in archs], y=[1] * len(archs), marker_color="#1f77b4",
                         text=[""] * len(archs), textposition="outside")
     self.figure.add_scatter(x=[a.name for a in archs], y=[0.1] * len(archs), mode="lines",

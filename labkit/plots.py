@@ -1,5 +1,5 @@
-"""The lab's colours and standard figures (plotly). Each method keeps one colour in every
-notebook, so a learner can read a chart at a glance."""
+"""The lab's colours, the frame every chart gets (:func:`lab_layout`), and standard figures
+(plotly). Each method keeps one colour in every notebook, so a learner can read a chart at a glance."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -21,9 +21,17 @@ def color(name: str) -> str:
     return COLORS.get(name, COLORS["after"])
 
 
-def _layout(fig, title, xaxis_title, yaxis_title, height=360):
-    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title, height=height,
-                      margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.2))
+def lab_layout(fig, height: int = 360, top: int = 60, bottom: int = 50, left: int = 60,
+               legend_below: float | None = None, **layout):
+    """The lab's layout for a figure, so every chart has the same frame: ``height`` in pixels and
+    margins that leave room for the axis titles (``left``, ``bottom``) and the title (``top``: 60
+    for one line, 70-80 for a long title or subplot titles under it). ``legend_below=-0.2`` puts a
+    horizontal legend under the plot, that far down (a share of the plot's height). Any other
+    keyword (``title``, ``xaxis_title``, ``showlegend``, ...) goes to ``fig.update_layout``.
+    Returns ``fig``."""
+    if legend_below is not None:
+        layout["legend"] = dict(orientation="h", y=legend_below)
+    fig.update_layout(height=height, margin=dict(l=left, r=20, t=top, b=bottom), **layout)
     return fig
 
 
@@ -39,7 +47,8 @@ def top_k_bar(table, title: str = "Next-token probabilities", figure=None, name:
                         marker_color=bar_color or COLORS["base"])
         else:
             fig.data[0].x, fig.data[0].y = labels, list(table["probability"])
-        _layout(fig, title, "candidate next token (spaces shown as ' ')", "probability")
+        lab_layout(fig, title=title, xaxis_title="candidate next token (spaces shown as ' ')",
+                   yaxis_title="probability", legend_below=-0.2)
         top = max(table["probability"], default=1.0)   # small bars stay visible at high temperature
         fig.update_yaxes(range=[0, min(1.0, 1.15 * top)])
     return fig
@@ -55,7 +64,8 @@ def loss_curves(histories: dict, title: str = "Training loss", eval_too: bool = 
         if eval_too and h.evals:
             fig.add_scatter(x=[e["step"] for e in h.evals], y=h.eval_losses, name=f"{name} (validation)",
                             mode="lines+markers", line=dict(color=c, dash="dash"))
-    return _layout(fig, title, "optimizer step", "loss (cross-entropy, nats/token)")
+    return lab_layout(fig, title=title, xaxis_title="optimizer step", yaxis_title="loss (cross-entropy, nats/token)",
+                      legend_below=-0.2)
 
 
 # ---- figures that show everywhere -------------------------------------------------------------

@@ -134,16 +134,53 @@ def decoding(temperature: float, seed: int | None, device) -> dict:
 
 
 @torch.no_grad()
+def generate_many(model, tokenizer, texts: list[str], max_new_tokens: int = 40, temperature: float = 0.0,
+                  seed: int | None = 0, n: int = 1, batch_size: int = 8,
+                  adapter_names: list[str] | None = None) -> list[dict]:
+    """labkit's one text-generation routine: ``n`` continuations of each of ``texts``, as they are
+    (for the chat template, pass :func:`chat_prompt`'s text), ``batch_size`` texts at a time, padded
+    on the left so that every row's new tokens start at the same place.
+
+    ``temperature=0`` is greedy (always the most likely token); above 0 it samples, with a generator
+    of its own seeded with ``seed`` once for the whole call (torch's global generator is left alone).
+    ``adapter_names`` (one per text) sends each row through its own PEFT adapter. The model runs in
+    eval mode (no dropout) and is put back in the mode it was in.
+
+    Returns one ``{"text", "stopped"}`` per continuation, the ``n`` of the first text first: the new
+    tokens decoded without special tokens, and whether the model ended the reply itself (an
+    end-of-sequence token) within ``max_new_tokens``."""
+    device = _device(model)
+    sampling = decoding(temperature, seed, device)   # one generator for every batch
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+                              padding_side="left", add_special_tokens=False).to(device)
+            if batch["input_ids"].shape[1] == 0:
+                raise ValueError("prompt is empty: type at least one character")
+            routing = {} if adapter_names is None else {   # PEFT's mixed-adapter batch: one name per row
+                "adapter_names": [a for a in adapter_names[start:start + batch_size] for _ in range(n)]}
+            ids = batch["input_ids"].repeat_interleave(n, dim=0)   # n rows per text
+            out = model.generate(input_ids=ids, attention_mask=batch["attention_mask"].repeat_interleave(n, dim=0),
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 **sampling, **routing)
+            for row in out[:, ids.shape[1]:]:
+                results.append({"text": tokenizer.decode(row, skip_special_tokens=True),
+                                "stopped": tokenizer.eos_token_id in row.tolist()})
+    finally:
+        model.train(was_training)
+    return results
+
+
 def generate(model, tokenizer, prompt: str, chat: bool = False, max_new_tokens: int = 40,
              temperature: float = 0.0, seed: int | None = 0, system: str | None = None) -> str:
     """Generate a continuation. ``chat=True`` wraps ``prompt`` in the chat template first;
     ``temperature=0`` is greedy (always the most likely token); above 0 it samples, and the same
     ``seed`` gives the same text (torch's global random generator is left alone)."""
     text = chat_prompt(tokenizer, prompt, system) if chat else prompt
-    ids = _encode(tokenizer, text, model)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id, **decoding(temperature, seed, ids.device))
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return generate_many(model, tokenizer, [text], max_new_tokens, temperature, seed)[0]["text"]
 
 
 def compare_generations(models: dict, tokenizer, prompts: list[str], chat: bool = True,

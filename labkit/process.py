@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import calculator
-from .plots import LabFigure, Panel
+from .plots import LabFigure, Panel, lab_layout
 
 QUALITY = ("good enough", "highest")
 CANDIDATES = ("full", "lora", "qlora")
@@ -112,9 +112,8 @@ def decision_widget(gpu: str = "T4 (16 GB)", model: str = "7B", quality: str = "
         "quality": W.ToggleButtons(options=list(QUALITY), value=quality, description="quality"),
         "variants": W.IntSlider(value=variants, min=1, max=20, description="variants"),
     }
-    self.figure = LabFigure(layout=dict(
-        xaxis_title="method", yaxis_title="estimated training memory (GiB)", height=380,
-        margin=dict(l=60, r=20, t=70, b=50), showlegend=False))
+    self.figure = lab_layout(LabFigure(), 380, top=70, xaxis_title="method",
+                             yaxis_title="estimated training memory (GiB)", showlegend=False)
     self.figure.add_bar(x=list(CANDIDATES), y=[0, 0, 0], marker_color=[COLORS[m] for m in CANDIDATES])
     self.figure.add_scatter(x=list(CANDIDATES), y=[0, 0, 0], mode="lines", name="GPU memory",
                             line=dict(color="black", dash="dash"))
@@ -279,8 +278,7 @@ def noise_widget(base_loss: float, clean_loss: float, noisy_losses: dict, small_
     rates = sorted(noisy_losses)
     self = NoiseWidget()
     self.controls = {"noise_rate": W.SelectionSlider(options=rates, value=rates[-1], description="noise rate")}
-    self.figure = LabFigure(layout=dict(yaxis_title="held-out loss on replies (nats/token)",
-                                              height=360, margin=dict(l=60, r=20, t=70, b=50)))
+    self.figure = lab_layout(LabFigure(), 360, top=70, yaxis_title="held-out loss on replies (nats/token)")
     self.figure.add_bar(x=[], y=[], marker_color=[COLORS["base"], COLORS["lora"], COLORS["after"]])
 
     def update(*_):

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from .plots import LabFigure
+from .plots import LabFigure, lab_layout
 
 BLOCKSIZE = 64
 
@@ -107,11 +107,9 @@ def weight_histogram(weight: torch.Tensor, blocksize: int = BLOCKSIZE, title: st
     for i, level in enumerate(nf4_levels().tolist()):
         fig.add_vline(x=level, line=dict(color="#2ca02c", width=1.5))
     fig.add_scatter(x=[None], y=[None], mode="lines", line=dict(color="#2ca02c"), name="the 16 NF4 levels")
-    fig.update_layout(title=title or "Scaled weights crowd near zero, where NF4 puts most of its levels",
-                      xaxis_title="weight / absmax of its block of %d" % blocksize,
-                      yaxis_title="share of weights", height=360, margin=dict(l=60, r=20, t=60, b=50),
-                      legend=dict(orientation="h", y=-0.25))
-    return fig
+    return lab_layout(fig, 360, legend_below=-0.25,
+                      title=title or "Scaled weights crowd near zero, where NF4 puts most of its levels",
+                      xaxis_title="weight / absmax of its block of %d" % blocksize, yaxis_title="share of weights")
 
 
 def model_bytes(model) -> int:

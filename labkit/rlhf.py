@@ -8,35 +8,52 @@
     reward_accuracy(rm_result.model, rm_tok, heldout_pairs)
     rl = optimise_policy(policy, tok, rm_result.model, prompts, cfg)           # 4. GRPO
     dpo = train_dpo(policy2, tok, train_pairs, cfg)                            # 5. DPO
+    summary, side_by_side = compare_policies({"base": model, "GRPO": rl.model, "DPO": dpo.model},
+                                             tok, rm_result.model, rm_tok, prompts)   # 6. compare
 
 Every trainer is TRL's (``RewardTrainer``, ``GRPOTrainer``, ``DPOTrainer``) with a LoRA adapter
-from PEFT; this module only prepares their data, collects what they log, and measures.
+from PEFT, run by ``labkit.training.run_trainer`` as SFT is (seed, progress, clean stops); this
+module only prepares their data, collects what they log, and measures. What notebook 06 shows of
+it (the reward widget, GRPO's live curves, the figures, the verdict) is in ``labkit.rlhf_views``;
+its names can be reached from here too (``rlhf.verdict``), so a notebook imports one module.
 """
 from __future__ import annotations
 
-import math
-import tempfile
+import statistics
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import TrainerCallback
 
-from .memory import PeakMemory
 from .models import OFFLINE_MODEL, pick_device, resolve
-from .patches import NonFiniteLoss, guarded, quiet
-from .predictions import decoding
+from .patches import guarded
+from .predictions import chat_prompt, generate_many
 from .reproducibility import seeded
-from .training import History, HistoryCallback, LiveLossPlot, Progress, in_notebook
-from .plots import LabFigure, Panel
+from .rlhf_views import METHOD_COLORS, RewardWidget, RLCurves, accuracy_figure, comparison_figure, verdict, words
+from .training import ExperimentConfig, History, in_notebook, is_number, is_whole, run_trainer, unwrap
 
-METHOD_COLORS = {"base": "#7f7f7f", "GRPO": "#17becf", "DPO": "#e377c2", "reward": "#ff7f0e",
-                 "chosen": "#2ca02c", "rejected": "#d62728"}
+__all__ = [
+    # the experiment
+    "RLHFConfig", "StageResult",
+    # 1. generate
+    "chat", "sample_responses", "answers", "words",
+    # 3. the reward model
+    "load_reward_model", "reward_input_ids", "reward_scores", "pairwise_accuracy", "reward_accuracy",
+    "reward_dataset", "train_reward_model", "reward_widget",
+    # 4. and 5. GRPO and DPO
+    "LogRows", "optimise_policy", "train_dpo",
+    # 6. compare
+    "compare_policies", "correlation",
+    # shown in the notebook (labkit.rlhf_views)
+    "METHOD_COLORS", "RewardWidget", "RLCurves", "accuracy_figure", "comparison_figure", "verdict",
+]
 
 
 @dataclass
-class RLHFConfig:
-    """Every knob of the notebook's experiment, with the seed. JSON-serialisable."""
+class RLHFConfig(ExperimentConfig):
+    """Every knob of the notebook's experiment, with the seed. JSON-serialisable
+    (``to_dict``/``from_dict``, as :class:`labkit.training.TrainConfig`)."""
     seed: int = 0
     # 1. generate
     samples_per_prompt: int = 4
@@ -70,28 +87,23 @@ class RLHFConfig:
     adapter_sums_fp32: bool = True       # under bf16, add LoRA's output in float32 (else DPO moves less)
 
     def validate(self) -> "RLHFConfig":
+        """Raise ``ValueError`` naming the first bad field; return the config."""
+        need = self.require
         for f in fields(self):
-            v = getattr(self, f.name)
-            if f.type in (bool, "bool"):
-                if not isinstance(v, bool):
-                    raise ValueError(f"{f.name}={v!r}: must be True or False")
-            elif f.name == "mixed_precision":
-                if v not in ("no", "bf16", "fp16"):
-                    raise ValueError(f"mixed_precision={v!r}: choose 'no', 'bf16' or 'fp16'")
-            elif f.name in ("seed",):
-                if not isinstance(v, int) or v < 0:
-                    raise ValueError(f"seed={v!r}: must be a whole number >= 0")
-            elif isinstance(v, int) and f.name != "kl_beta":
-                if v < 1:
-                    raise ValueError(f"{f.name}={v!r}: must be at least 1")
-            elif not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{f.name}={v!r}: must be a finite number >= 0")
-            elif f.name.endswith("learning_rate") and v <= 0:
-                raise ValueError(f"{f.name}={v!r}: must be > 0")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature={self.temperature}: must be > 0 to sample")
-        if self.num_generations < 2:
-            raise ValueError("num_generations must be at least 2: GRPO compares completions within a group")
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                need(isinstance(value, bool), f.name, "must be True or False")
+            elif f.type == "int":   # the seed may be 0, every count and size at least 1
+                least = 0 if f.name == "seed" else 1
+                need(is_whole(value, least), f.name, f"must be a whole number of at least {least}")
+            elif f.type == "float":
+                need(is_number(value), f.name, "must be a finite number >= 0")
+        need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "choose 'no', 'bf16' or 'fp16'")
+        for name in ("reward_learning_rate", "policy_learning_rate", "dpo_learning_rate"):
+            need(getattr(self, name) > 0, name, "must be > 0")
+        need(self.temperature > 0, "temperature", "must be > 0 to sample")
+        need(self.num_generations >= 2, "num_generations",
+             "must be at least 2: GRPO compares completions within a group")
         return self
 
     @classmethod
@@ -116,50 +128,34 @@ class RLHFConfig:
         )
         return cls(**{**sizes, **overrides}).validate()
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class StageResult:
-    """What a training stage returns: the model, one row per step of what the trainer logged, and
-    the wall time."""
+    """What a training stage returns: the model, one row per step of everything the trainer logged
+    (reward, KL, margins, ...), the wall time, how it stopped, and the stage's
+    :class:`~labkit.training.History` (loss, learning rate, peak memory per step)."""
     model: object
     rows: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     stopped: str = "finished"
+    history: History | None = None
 
     def to_frame(self):
         import pandas as pd
 
         return pd.DataFrame(self.rows)
 
+    @classmethod
+    def of(cls, model, log: "LogRows", history: History) -> "StageResult":
+        return cls(model=model, rows=log.rows, wall_s=history.wall_s, stopped=history.stopped, history=history)
 
-# --- prompts and generation -------------------------------------------------------------------
+
+# --- 1. prompts and generation ------------------------------------------------------------------
 
 def chat(prompt: str, response: str | None = None) -> list[dict]:
     """The conversation for ``prompt`` (and the assistant's ``response``)."""
     return [{"role": "user", "content": prompt}] + (
         [{"role": "assistant", "content": response}] if response is not None else [])
-
-
-@torch.no_grad()
-def _generate(model, tok, prompts, n, max_new_tokens, temperature, seed, batch_size):
-    texts = [tok.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
-    device = next(model.parameters()).device
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                  **decoding(temperature, seed, device))   # sampling with its own generator, seeded
-    out = []
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(texts), batch_size):
-        batch = tok(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                    padding_side="left", add_special_tokens=False).to(device)
-        batch = {k: v.repeat_interleave(n, dim=0) for k, v in batch.items()}   # n rows per prompt
-        ids = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1]:]
-        out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-    model.train(was_training)
-    return out
 
 
 def sample_responses(model, tok, prompts: list[str], n: int = 4, temperature: float = 1.0,
@@ -169,20 +165,19 @@ def sample_responses(model, tok, prompts: list[str], n: int = 4, temperature: fl
         raise ValueError(f"n={n}: sample at least 2 responses to have something to compare")
     if temperature <= 0:
         raise ValueError(f"temperature={temperature}: must be > 0 to sample different responses")
-    flat = _generate(model, tok, prompts, n, max_new_tokens, temperature, seed, batch_size=4)
-    return [{"prompt": p, "responses": flat[i * n:(i + 1) * n]} for i, p in enumerate(prompts)]
+    flat = generate_many(model, tok, [chat_prompt(tok, p) for p in prompts], max_new_tokens, temperature, seed,
+                         n=n, batch_size=4)
+    return [{"prompt": p, "responses": [r["text"].strip() for r in flat[i * n:(i + 1) * n]]}
+            for i, p in enumerate(prompts)]
 
 
 def answers(model, tok, prompts: list[str], max_new_tokens: int = 40, batch_size: int = 8) -> list[str]:
     """Greedy answers (deterministic: what the model most likely says), chat template on."""
-    return _generate(model, tok, prompts, 1, max_new_tokens, 0.0, None, batch_size)
+    return [r["text"].strip() for r in generate_many(model, tok, [chat_prompt(tok, p) for p in prompts],
+                                                     max_new_tokens, 0.0, None, batch_size=batch_size)]
 
 
-def words(text: str) -> int:
-    return len(text.split())
-
-
-# --- the reward model -------------------------------------------------------------------------
+# --- 3. the reward model ---------------------------------------------------------------------
 
 def load_reward_model(name: str = OFFLINE_MODEL, seed: int = 0, device: str = "auto"):
     """``(model, tokenizer)``: the base model with a one-number head (``num_labels=1``) on top.
@@ -265,6 +260,8 @@ def reward_dataset(tok, pairs: list[dict], max_length: int):
                               for p in pairs])
 
 
+# --- what the three TRL stages share (running them is labkit.training.run_trainer) ------------
+
 def _lora(cfg: RLHFConfig, task_type: str):
     from peft import LoraConfig
 
@@ -297,52 +294,6 @@ class LogRows(TrainerCallback):
             self.on_row(row)
 
 
-def _unwrap(model):
-    """Undo what ``accelerate`` did to ``model.forward`` during training (a bf16 autocast
-    wrapper), so that later scores and generations run as for any other model."""
-    from accelerate.utils import extract_model_from_parallel
-
-    return extract_model_from_parallel(model, keep_fp32_wrapper=False).eval()
-
-
-def _run(trainer, label: str, steps: int) -> tuple[float, str]:
-    """Train with a progress bar; Ctrl-C and a non-finite loss stop it cleanly."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    bar = Progress(steps, label)
-
-    class Bar(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            bar.update(state.global_step)
-
-    trainer.add_callback(Bar())
-    stopped, start = "finished", time.perf_counter()
-    try:
-        trainer.train()
-    except NonFiniteLoss as e:
-        stopped = str(e)
-    except KeyboardInterrupt:
-        stopped = f"interrupted at step {trainer.state.global_step}"
-    finally:
-        bar.close()
-    if stopped != "finished":
-        print(f"[labkit] {label}: {stopped}")
-    return time.perf_counter() - start, stopped
-
-
-def _live_plot(live, title):
-    if live is None:
-        live = in_notebook()
-    if not live:
-        return None
-    from IPython.display import display
-
-    plot = LiveLossPlot(title=title)
-    display(plot.figure)
-    return plot
-
-
 def train_reward_model(model, tok, pairs: list[dict], cfg: RLHFConfig, live: bool | None = None) -> StageResult:
     """Train a LoRA adapter (and the score head) with TRL's ``RewardTrainer`` on ``pairs``.
     The loss is -log sigmoid(r_chosen - r_rejected). Returns the merged model (plain weights,
@@ -353,108 +304,39 @@ def train_reward_model(model, tok, pairs: list[dict], cfg: RLHFConfig, live: boo
     if not pairs:
         raise ValueError("pairs is empty")
     device = next(model.parameters()).device.type
-    history = History(config=cfg.to_dict())
-    plot = _live_plot(live, "Reward model: loss per step (-log sigmoid of the margin)")
     log = LogRows()
-    with (seeded(cfg.seed), quiet(),   # for this call only (labkit.reproducibility, labkit.patches)
-          tempfile.TemporaryDirectory(prefix="labkit-reward-") as out, PeakMemory() as memory):
+
+    def make_trainer(out, callbacks):
         args = RewardConfig(**_common_args(cfg, out, cfg.reward_steps, cfg.reward_learning_rate, device),
                             per_device_train_batch_size=cfg.reward_batch_size, max_length=None,
                             center_rewards_coefficient=None, remove_unused_columns=False)
-        trainer = guarded(RewardTrainer)(
+        return guarded(RewardTrainer)(
             model=model, args=args, train_dataset=reward_dataset(tok, pairs, cfg.reward_max_length),
-            processing_class=tok, peft_config=_lora(cfg, "SEQ_CLS"),
-            callbacks=[HistoryCallback(history, memory, on_row=plot), log])
-        wall, stopped = _run(trainer, "reward model", cfg.reward_steps)
-    merged = _unwrap(trainer.model).merge_and_unload().eval()
-    return StageResult(model=merged, rows=log.rows, wall_s=wall, stopped=stopped)
+            processing_class=tok, peft_config=_lora(cfg, "SEQ_CLS"), callbacks=[*callbacks, log])
+
+    trained, history = run_trainer(make_trainer, "reward model", cfg.reward_steps, seed=cfg.seed,
+                                   config=cfg.to_dict(), live=live,
+                                   title="Reward model: loss per step (-log sigmoid of the margin)")
+    return StageResult.of(trained.merge_and_unload().eval(), log, history)
 
 
-class RewardWidget:
-    """Type a prompt and two responses; the bars show the reward model's score for each."""
+def reward_widget(model, tok, max_length: int = 128, **kwargs) -> RewardWidget:
+    """A :class:`~labkit.rlhf_views.RewardWidget` that scores with the reward model ``model``."""
+    def score(prompt, responses):
+        return reward_scores(model, tok, [prompt] * len(responses), responses, max_length)
 
-    def __init__(self, model, tok, prompt: str = "What is a fjord?",
-                 a: str = "A fjord is a long, narrow sea inlet between steep cliffs, carved by glaciers.",
-                 b: str = ("Oh, great question! So, well, fjords are kind of a big topic, and honestly there "
-                           "is a lot to say about them, so let me start with a little story first..."),
-                 max_length: int = 128):
-        import ipywidgets as W
-
-        self.model, self.tok, self.max_length = model, tok, max_length
-        self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="95%"))
-        self.response_a = W.Textarea(value=a, description="A", layout=W.Layout(width="95%", height="70px"),
-                                     continuous_update=False)
-        self.response_b = W.Textarea(value=b, description="B", layout=W.Layout(width="95%", height="70px"),
-                                     continuous_update=False)
-        self.prompt.continuous_update = False
-        self.figure = LabFigure()
-        self.figure.add_bar(x=["A", "B"], y=[0, 0], marker_color=[METHOD_COLORS["chosen"]] * 2)
-        self.figure.update_layout(height=300, xaxis_title="response", yaxis_title="reward (model score, no unit)",
-                                  margin=dict(l=60, r=20, t=60, b=50))
-        for w in (self.prompt, self.response_a, self.response_b):
-            w.observe(lambda _: self.update(), names="value")
-        self.view = Panel([self.prompt, self.response_a, self.response_b, self.figure])
-        self.update()
-
-    def update(self) -> list[float]:
-        """Score both responses; the preferred one is drawn in the "chosen" colour."""
-        a, b = self.response_a.value, self.response_b.value
-        if not a.strip() or not b.strip():
-            with self.figure.batch_update():
-                self.figure.layout.title = "Type both responses"
-            return []
-        scores = reward_scores(self.model, self.tok, [self.prompt.value] * 2, [a, b], self.max_length)
-        winner = "A" if scores[0] > scores[1] else "B" if scores[1] > scores[0] else "neither"
-        colors = [METHOD_COLORS["chosen"] if winner in (name, "neither") else METHOD_COLORS["rejected"]
-                  for name in ("A", "B")]
-        with self.figure.batch_update():
-            self.figure.data[0].y = scores
-            self.figure.data[0].marker.color = colors
-            self.figure.layout.title = (f"The reward model prefers {winner}: A {scores[0]:.2f} vs B {scores[1]:.2f} "
-                                        f"({words(a)} vs {words(b)} words)")
-        return scores
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.view._repr_mimebundle_(**kwargs)
+    return RewardWidget(score, **kwargs)
 
 
-def reward_widget(model, tok, **kwargs) -> RewardWidget:
-    return RewardWidget(model, tok, **kwargs)
-
-
-# --- policy optimisation (GRPO) ---------------------------------------------------------------
-
-class RLCurves:
-    """Live reward, KL-to-reference and completion length per step (three panels)."""
-
-    PANELS = (("reward", "mean reward"), ("kl", "KL to reference (nats/token)"),
-              ("completions/mean_length", "completion length (tokens)"))
-
-    def __init__(self, title: str = "GRPO: reward, KL and length per step"):
-        from plotly.subplots import make_subplots
-
-        fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in self.PANELS])
-        for i, (key, _) in enumerate(self.PANELS, start=1):
-            fig.add_scatter(x=[], y=[], mode="lines+markers", name=key, row=1, col=i,
-                            line=dict(color=METHOD_COLORS["GRPO"]))
-            fig.update_xaxes(title_text="optimizer step", row=1, col=i)
-        fig.update_layout(title=title, height=320, showlegend=False, margin=dict(l=50, r=20, t=80, b=50))
-        self.figure = LabFigure(fig)
-
-    def __call__(self, row: dict):
-        with self.figure.batch_update():
-            for trace, (key, _) in zip(self.figure.data, self.PANELS):
-                if key in row:
-                    trace.x = tuple(trace.x or ()) + (row["step"],)
-                    trace.y = tuple(trace.y or ()) + (row[key],)
-
+# --- 4. policy optimisation (GRPO) ------------------------------------------------------------
 
 def optimise_policy(model, tok, reward_model, prompts: list[str], cfg: RLHFConfig,
                     live: bool | None = None, reward_tok=None) -> StageResult:
     """GRPO (TRL's ``GRPOTrainer``) with a LoRA adapter on ``model``: for each prompt it samples
     ``num_generations`` completions, scores them with ``reward_model``, and pushes up the
     log-probability of those that beat their group's mean, with a KL penalty (``kl_beta``) to the
-    reference model (the same model with the adapter switched off)."""
+    reference model (the same model with the adapter switched off). ``result.curves`` draws
+    reward, KL and length per step (live in a notebook)."""
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
@@ -470,24 +352,27 @@ def optimise_policy(model, tok, reward_model, prompts: list[str], cfg: RLHFConfi
         display(curves.figure)
     log = LogRows(on_row=curves)
     batch = cfg.num_generations * cfg.prompts_per_step
-    with seeded(cfg.seed), quiet(), tempfile.TemporaryDirectory(prefix="labkit-grpo-") as out:
+
+    def make_trainer(out, callbacks):
         args = GRPOConfig(**_common_args(cfg, out, cfg.policy_steps, cfg.policy_learning_rate, device),
                           per_device_train_batch_size=batch, num_generations=cfg.num_generations,
                           max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
                           beta=cfg.kl_beta, log_completions=False, shuffle_dataset=True)
-        trainer = guarded(GRPOTrainer, full_logits=cfg.cpu_full_logits,
-                          float32_adapter_sums=cfg.adapter_sums_fp32)(
+        return guarded(GRPOTrainer, full_logits=cfg.cpu_full_logits, float32_adapter_sums=cfg.adapter_sums_fp32)(
             model=model, reward_funcs=reward_model, args=args, train_dataset=data, processing_class=tok,
             reward_processing_classes=reward_tok or tok, peft_config=_lora(cfg, "CAUSAL_LM"),
-            callbacks=[log])
-        wall, stopped = _run(trainer, "GRPO", cfg.policy_steps)
-    _unwrap(reward_model)  # GRPO prepared it for bf16 scoring; score in full precision again
-    result = StageResult(model=_unwrap(trainer.model), rows=log.rows, wall_s=wall, stopped=stopped)
+            callbacks=[*callbacks, log])
+
+    # live=False: no loss chart, the curves above are GRPO's
+    policy, history = run_trainer(make_trainer, "GRPO", cfg.policy_steps, seed=cfg.seed, config=cfg.to_dict(),
+                                  live=False)
+    unwrap(reward_model)  # GRPO prepared it for bf16 scoring; score in full precision again
+    result = StageResult.of(policy, log, history)
     result.curves = curves
     return result
 
 
-# --- DPO --------------------------------------------------------------------------------------
+# --- 5. DPO ------------------------------------------------------------------------------------
 
 def train_dpo(model, tok, pairs: list[dict], cfg: RLHFConfig, live: bool | None = None) -> StageResult:
     """DPO (TRL's ``DPOTrainer``) with a LoRA adapter: raise the log-probability of each chosen
@@ -502,23 +387,22 @@ def train_dpo(model, tok, pairs: list[dict], cfg: RLHFConfig, live: bool | None 
     device = next(model.parameters()).device.type
     data = datasets.Dataset.from_list([{"prompt": chat(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
                                         "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
-    history = History(config=cfg.to_dict())
-    plot = _live_plot(live, "DPO: loss per step (-log sigmoid of beta x the log-ratio margin)")
     log = LogRows()
-    with (seeded(cfg.seed), quiet(),
-          tempfile.TemporaryDirectory(prefix="labkit-dpo-") as out, PeakMemory() as memory):
+
+    def make_trainer(out, callbacks):
         args = DPOConfig(**_common_args(cfg, out, cfg.dpo_steps, cfg.dpo_learning_rate, device),
                          per_device_train_batch_size=cfg.dpo_batch_size, beta=cfg.dpo_beta,
                          max_length=cfg.dpo_max_length, truncation_mode="keep_start")
-        trainer = guarded(DPOTrainer, full_logits=cfg.cpu_full_logits,
-                          float32_adapter_sums=cfg.adapter_sums_fp32)(
+        return guarded(DPOTrainer, full_logits=cfg.cpu_full_logits, float32_adapter_sums=cfg.adapter_sums_fp32)(
             model=model, args=args, train_dataset=data, processing_class=tok,
-            peft_config=_lora(cfg, "CAUSAL_LM"), callbacks=[HistoryCallback(history, memory, on_row=plot), log])
-        wall, stopped = _run(trainer, "DPO", cfg.dpo_steps)
-    return StageResult(model=_unwrap(trainer.model), rows=log.rows, wall_s=wall, stopped=stopped)
+            peft_config=_lora(cfg, "CAUSAL_LM"), callbacks=[*callbacks, log])
+
+    policy, history = run_trainer(make_trainer, "DPO", cfg.dpo_steps, seed=cfg.seed, config=cfg.to_dict(), live=live,
+                                  title="DPO: loss per step (-log sigmoid of beta x the log-ratio margin)")
+    return StageResult.of(policy, log, history)
 
 
-# --- comparison -------------------------------------------------------------------------------
+# --- 6. comparison -----------------------------------------------------------------------------
 
 def compare_policies(policies: dict, tok, reward_model, reward_tok, prompts: list[str],
                      max_new_tokens: int = 40, train_times: dict | None = None, max_length: int = 128):
@@ -545,76 +429,12 @@ def compare_policies(policies: dict, tok, reward_model, reward_tok, prompts: lis
     return pd.DataFrame(rows), pd.DataFrame(table)
 
 
-def comparison_figure(summary, title: str | None = None):
-    """Bars: mean reward and mean length per method, in the lab's colours."""
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["reward model's mean score", "mean answer length (words)"])
-    colors = [METHOD_COLORS.get(m, "#ff7f0e") for m in summary["method"]]
-    fig.add_bar(x=list(summary["method"]), y=list(summary["mean reward"]), marker_color=colors, row=1, col=1)
-    fig.add_bar(x=list(summary["method"]), y=list(summary["mean words"]), marker_color=colors, row=1, col=2)
-    fig.update_yaxes(title_text="reward (no unit)", row=1, col=1)
-    fig.update_yaxes(title_text="words", row=1, col=2)
-    fig.update_xaxes(title_text="policy", row=1, col=1)
-    fig.update_xaxes(title_text="policy", row=1, col=2)
-    if title is None:
-        best = summary.loc[summary["mean reward"].idxmax(), "method"]
-        title = f"On held-out prompts the highest mean reward is {best}'s"
-    fig.update_layout(title=title, height=360, showlegend=False, margin=dict(l=60, r=20, t=80, b=50))
-    return LabFigure(fig)
-
-
-def accuracy_figure(before: dict, after: dict):
-    """Two bars: held-out pairwise accuracy before and after reward-model training."""
-    import plotly.graph_objects as go
-
-    fig = LabFigure(go.Bar(x=["before training", "after training"], y=[before["accuracy"], after["accuracy"]],
-                           marker_color=[METHOD_COLORS["base"], METHOD_COLORS["reward"]],
-                           text=[f"{before['accuracy']:.0%}", f"{after['accuracy']:.0%}"], textposition="outside"))
-    fig.add_hline(y=0.5, line_dash="dot", annotation_text="chance (50%)")
-    verb = "rose" if after["accuracy"] > before["accuracy"] else "did not rise"
-    fig.update_layout(title=f"Held-out pairwise accuracy {verb}: {before['accuracy']:.0%} -> {after['accuracy']:.0%} "
-                            f"({after['pairs']} pairs)", yaxis_title="pairs ranked right (share)",
-                      xaxis_title="reward model", yaxis_range=[0, 1.1], height=340,
-                      margin=dict(l=60, r=20, t=60, b=50))
-    return fig
-
-
 def correlation(xs, ys) -> float:
-    """Pearson correlation of two equally long lists (0.0 when either is constant)."""
-    n = len(xs)
-    if n != len(ys) or n < 2:
+    """Pearson correlation of two equally long lists (``statistics.correlation``); 0.0 when either
+    is constant (then there is no linear relation to measure)."""
+    if len(xs) != len(ys) or len(xs) < 2:
         raise ValueError("need two lists of the same length, at least 2 long")
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
-
-
-def verdict(summary, steps: dict, profile: str) -> str:
-    """Plain-language conclusions from :func:`compare_policies`'s summary, each method against
-    the base model: did the reward go up and the answers get shorter, and if not, why not."""
-    base = summary.set_index("method").loc["base"]
-    lines = []
-    if profile == "smoke":
-        lines.append("smoke profile: 1-2 steps per stage, so these numbers mean nothing; "
-                     "run with LABKIT_PROFILE=cpu to see a real result.")
-    for name, row in summary.set_index("method").iterrows():
-        if name == "base":
-            continue
-        d_reward, d_words = row["mean reward"] - base["mean reward"], row["mean words"] - base["mean words"]
-        # a clear move: higher reward and at least 10% fewer words (smaller changes are within noise here)
-        improved = d_reward > 0 and d_words < -0.1 * base["mean words"]
-        line = (f"{name}: mean reward {base['mean reward']:+.2f} -> {row['mean reward']:+.2f} ({d_reward:+.2f}), "
-                f"length {base['mean words']:.1f} -> {row['mean words']:.1f} words ({d_words:+.1f}), "
-                f"{row['training time (s)']:.0f} s of training. ")
-        if improved:
-            line += "It moved the answers towards the target."
-        else:
-            why = [f"only {steps.get(name, '?')} optimizer steps"]
-            if base["finished answers"] == 0 and row["finished answers"] == 0:
-                why.append("every answer still runs into the max_new_tokens limit, so its length can only fall "
-                           "once the model learns to stop early")
-            line += "It did NOT clearly improve the target here: " + "; ".join(why) + "."
-        lines.append(line)
-    return "\n".join(lines)
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:   # one of them is constant
+        return 0.0

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .predictions import generate_many
+
 # --- a new prompt format to teach -------------------------------------------------------------
 
 ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -234,29 +236,13 @@ def load_embedder(allow_hub: bool = True) -> Embedder | None:
 
 # --- generation and the score -----------------------------------------------------------------
 
-@torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 40,
                    batch_size: int = 8) -> list[dict]:
-    """Greedy replies to many prompts at once (left padding). Each: ``{"text", "stopped"}``
-    where ``stopped`` says the model ended its reply itself before ``max_new_tokens``."""
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    results = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
-            out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_k=None, top_p=None)
-            for row in out[:, batch["input_ids"].shape[1]:]:
-                ids = row.tolist()
-                results.append({"text": tokenizer.decode(row, skip_special_tokens=True).strip(),
-                                "stopped": eos in ids})
-    finally:
-        tokenizer.padding_side = side
-    return results
+    """Greedy replies to many prompts at once (``labkit.predictions.generate_many``). Each:
+    ``{"text", "stopped"}`` where ``stopped`` says the model ended its reply itself before
+    ``max_new_tokens``."""
+    return [{"text": r["text"].strip(), "stopped": r["stopped"]}
+            for r in generate_many(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)]
 
 
 def score_replies(instructions: list[str], replies: list[str], references: list[str],

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from . import files
+from .predictions import chat_prompt, generate_many
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 CONFIG_FILE = "adapter_config.json"
@@ -246,14 +247,13 @@ def per_adapter_logits(model, tokenizer, prompts, adapter_names, chat: bool = Tr
     return torch.stack(rows)
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts, adapter_names=None, max_new_tokens: int = 20, chat: bool = True):
-    """Greedy replies; ``adapter_names`` gives each prompt its own adapter (PEFT mixed batch)."""
-    batch = _encode(tokenizer, prompts, chat).to(next(model.parameters()).device)
-    kwargs = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, **kwargs)
-    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    """Greedy replies, all prompts in one batch; ``adapter_names`` gives each prompt its own adapter
+    (PEFT mixed batch). Through ``labkit.predictions.generate_many``."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        prompts = [chat_prompt(tokenizer, p) for p in prompts]
+    return [r["text"] for r in generate_many(model, tokenizer, list(prompts), max_new_tokens,
+                                             batch_size=max(1, len(prompts)), adapter_names=adapter_names)]
 
 
 # --- latency ----------------------------------------------------------------------------------

@@ -28,15 +28,60 @@ from .memory import PeakMemory
 from .patches import NonFiniteLoss, guarded, quiet
 from .profiles import profile as get_profile
 from .reproducibility import seeded
-from .plots import LabFigure
+from .plots import LabFigure, lab_layout
 
 METHODS = ("full", "lora", "dora", "qlora")
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 PACKING_STRATEGIES = ("wrapped", "bfd")
 
 
+# --- experiment configs -----------------------------------------------------------------------
+
+class ExperimentConfig:
+    """What every experiment config shares (:class:`TrainConfig`, ``labkit.rlhf.RLHFConfig``): a
+    dataclass of JSON values, the seed among them, written out with :meth:`to_dict` or :meth:`save`
+    and read back with :meth:`from_dict` or :meth:`load`. Its ``validate()`` raises a ``ValueError``
+    that names the first bad field (``learning_rate=0: must be a positive number``), through
+    :meth:`require`, and returns the config."""
+
+    def require(self, ok: bool, name: str, why: str) -> None:
+        """Raise ``ValueError("name=value: why")`` unless ``ok``."""
+        if not ok:
+            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}")
+        return cls(**values)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def is_whole(value, minimum: int = 1) -> bool:
+    """A whole number (``True`` does not count) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def is_number(value, minimum: float = 0.0) -> bool:
+    """A finite number (``True`` does not count) of at least ``minimum``."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= minimum)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ExperimentConfig):
     """One experiment's settings. JSON-serialisable; ``None`` means "take it from the profile"."""
     method: str = "lora"
     learning_rate: float = 2e-4
@@ -64,44 +109,28 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first bad parameter."""
-        def bad(name, why):
-            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
-
-        if self.method not in METHODS:
-            bad("method", f"choose one of {METHODS}")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
-                and self.learning_rate > 0):
-            bad("learning_rate", "must be a positive number")
+        need = self.require
+        need(self.method in METHODS, "method", f"choose one of {METHODS}")
+        need(is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", "must be a positive number")
         for name in ("steps", "batch_size", "max_length", "eval_every", "early_stopping_patience"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                bad(name, "must be a whole number of at least 1")
-        if self.max_length is not None and self.max_length < 8:
-            bad("max_length", "must be at least 8 tokens")
-        if self.schedule not in SCHEDULES:
-            bad("schedule", f"choose one of {SCHEDULES}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            bad("warmup_steps", "must be a whole number >= 0")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be >= 0")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            bad("max_grad_norm", "must be > 0 (or None for no clipping)")
+            need(value is None or is_whole(value, 1), name, "must be a whole number of at least 1")
+        need(self.max_length is None or self.max_length >= 8, "max_length", "must be at least 8 tokens")
+        need(self.schedule in SCHEDULES, "schedule", f"choose one of {SCHEDULES}")
+        need(is_whole(self.warmup_steps, 0), "warmup_steps", "must be a whole number >= 0")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
+             "must be > 0 (or None for no clipping)")
         if self.method != "full":
-            if not isinstance(self.lora_r, int) or self.lora_r < 1:
-                bad("lora_r", "the LoRA rank must be a whole number of at least 1")
-            if self.lora_alpha <= 0:
-                bad("lora_alpha", "must be > 0")
-            if not 0 <= self.lora_dropout < 1:
-                bad("lora_dropout", "must be in [0, 1)")
-        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
-            bad("mixed_precision", "choose None (from the profile), 'no', 'bf16' or 'fp16'")
+            need(is_whole(self.lora_r, 1), "lora_r", "the LoRA rank must be a whole number of at least 1")
+            need(self.lora_alpha > 0, "lora_alpha", "must be > 0")
+            need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        need(self.mixed_precision in (None, "no", "bf16", "fp16"), "mixed_precision",
+             "choose None (from the profile), 'no', 'bf16' or 'fp16'")
         for name in ("packing", "cpu_full_logits", "adapter_sums_fp32", "fill_uninitialized_memory"):
-            if not isinstance(getattr(self, name), bool):
-                bad(name, "must be True or False")
-        if self.packing_strategy not in PACKING_STRATEGIES:
-            bad("packing_strategy", f"choose one of {PACKING_STRATEGIES}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            bad("seed", "must be a non-negative whole number")
+            need(isinstance(getattr(self, name), bool), name, "must be True or False")
+        need(self.packing_strategy in PACKING_STRATEGIES, "packing_strategy", f"choose one of {PACKING_STRATEGIES}")
+        need(is_whole(self.seed, 0), "seed", "must be a non-negative whole number")
         return self
 
     def resolved(self, profile=None) -> "TrainConfig":
@@ -113,26 +142,6 @@ class TrainConfig:
             if values[name] is None:
                 values[name] = from_profile
         return TrainConfig(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {sorted(unknown)}")
-        return cls(**values)
-
-    def save(self, path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
-
-    @classmethod
-    def load(cls, path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass
@@ -363,9 +372,8 @@ class LiveLossPlot:
     def __init__(self, title: str = "Training loss", name: str = "train loss", color: str | None = None,
                  figure=None):
         self.name, self.color = name, color
-        self.figure = figure or LabFigure(layout=dict(
-            title=title, xaxis_title="optimizer step", yaxis_title="loss (cross-entropy, nats/token)",
-            height=320, margin=dict(l=60, r=20, t=50, b=40)))
+        self.figure = figure or lab_layout(LabFigure(), 320, top=50, bottom=40, title=title,
+                                           xaxis_title="optimizer step", yaxis_title="loss (cross-entropy, nats/token)")
         self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name, line=dict(color=color))
         self.train_trace = self.figure.data[-1]
         self.eval_trace = None
@@ -413,58 +421,42 @@ def sft_config(cfg: TrainConfig, output_dir: str, has_eval: bool, device: str):
     )
 
 
-def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_data=None,
-          live: bool | None = None, plot=None, profile=None, label: str = "training",
-          callbacks: list | None = None, **overrides) -> TrainResult:
-    """Fine-tune ``model`` on ``train_data`` (a ``datasets.Dataset`` or list of records in the
-    ``text``, ``messages`` or ``prompt``/``completion`` format) and return a :class:`TrainResult`.
+def unwrap(model):
+    """Undo what ``accelerate`` did to ``model.forward`` for mixed-precision training (an autocast
+    wrapper it leaves in place), so that "after" numbers are computed in the model's own precision,
+    like the "before" ones. Returns the model, in eval mode."""
+    from accelerate.utils import extract_model_from_parallel
 
-    ``config`` is a :class:`TrainConfig`; keyword overrides change single fields
-    (``train(m, tok, data, method="full", learning_rate=1e-5)``). ``live`` draws the loss curve
-    as it goes (default: in a notebook); pass ``plot=LiveLossPlot(...)`` to draw into your own.
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (e.g. to snapshot weights).
-
-    The seed, deterministic kernels and quieter libraries hold for this call only: afterwards the
-    session's random generators, torch's flags, warning filters and log levels are as they were.
-    """
-    cfg = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
-    cfg = cfg.validate().resolved(profile).validate()
-    with seeded(cfg.seed, fill_uninitialized_memory=cfg.fill_uninitialized_memory), quiet():
-        return _train(model, tokenizer, train_data, cfg, eval_data, live, plot, label, callbacks)
+    return extract_model_from_parallel(model, keep_fp32_wrapper=False).eval()
 
 
-def _train(model, tokenizer, train_data, cfg: TrainConfig, eval_data, live, plot, label, callbacks) -> TrainResult:
+def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict | None = None,
+                live: bool | None = None, plot=None, title: str | None = None, patience: int | None = None,
+                callbacks: list | None = None, fill_uninitialized_memory: bool = False):
+    """Run one TRL trainer the way every labkit stage does: SFT (:func:`train`), and the reward
+    model, GRPO and DPO (``labkit.rlhf``). Returns ``(model, history)``: the trained model
+    (:func:`unwrap`-ped, in eval mode) and a :class:`History` with one row per step.
+
+    ``make_trainer(output_dir, callbacks)`` builds the trainer with those callbacks; it is called
+    with the seed set, so adapters added there start the same way every time. Around it, for this
+    call only: the seed, deterministic kernels and quieter libraries (afterwards the session's
+    random generators, torch's flags, warning filters and log levels are as they were); a
+    throwaway output folder; peak memory; a progress line; the loss drawn as it goes (``live``,
+    default: in a notebook, titled ``title``; or into your ``plot``). A non-finite loss and Ctrl-C
+    stop training cleanly: the history says where, and the model is usable."""
     from transformers.trainer_callback import PrinterCallback
 
-    train_ds = as_trl_dataset(train_data)
-    if len(train_ds) == 0:
-        raise ValueError("train_data is empty")
-    if cfg.packing and "text" not in train_ds.column_names:
-        raise ValueError("packing=True is for plain-text data (a 'text' column): chat and "
-                         "prompt/completion records train one per row, so the loss stays on the reply")
-    eval_ds = as_trl_dataset(eval_data) if eval_data is not None else None
-    device = str(next(model.parameters()).device.type)
-
-    model = prepare_model(model, cfg)
-    history = History(config=cfg.to_dict())
-    if live is None:
-        live = in_notebook()
-    if live and plot is None:
+    history = History(config=config or {})
+    if plot is None and (in_notebook() if live is None else live):
         from IPython.display import display
 
-        plot = LiveLossPlot(title=f"{label}: loss per step")
+        plot = LiveLossPlot(title=title or f"{label}: loss per step")
         display(plot.figure)
-    progress = ProgressCallback(cfg.steps, label)
-
-    with tempfile.TemporaryDirectory(prefix="labkit-train-") as out, PeakMemory() as memory:
-        from trl import SFTTrainer
-
-        trainer = guarded(SFTTrainer, model_loss_on_cpu=cfg.cpu_full_logits,
-                          float32_adapter_sums=cfg.adapter_sums_fp32)(
-            model=model, args=sft_config(cfg, out, eval_ds is not None, device),
-            train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-            callbacks=[HistoryCallback(history, memory, cfg.early_stopping_patience, on_row=plot),
-                       progress, *(callbacks or [])])
+    progress = ProgressCallback(steps, label)
+    with (seeded(seed, fill_uninitialized_memory=fill_uninitialized_memory), quiet(),
+          tempfile.TemporaryDirectory(prefix="labkit-train-") as out, PeakMemory() as memory):
+        trainer = make_trainer(out, [HistoryCallback(history, memory, patience, on_row=plot), progress,
+                                     *(callbacks or [])])
         trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
         try:
@@ -477,12 +469,46 @@ def _train(model, tokenizer, train_data, cfg: TrainConfig, eval_data, live, plot
             progress.close()
             history.wall_s = time.perf_counter() - start
     history.peak_memory_mb = memory.peak_mb
-    # accelerate wraps forward() in autocast for mixed precision and leaves it wrapped: undo that,
-    # so "after" numbers are computed in the model's own precision, like the "before" ones.
-    from accelerate.utils import extract_model_from_parallel
-
-    extract_model_from_parallel(model, keep_fp32_wrapper=False)
-    model.eval()
     if history.stopped != "finished":
-        print(f"[labkit] {history.stopped}")
-    return TrainResult(model=model, history=history, config=cfg)
+        print(f"[labkit] {label}: {history.stopped}")
+    return unwrap(trainer.model), history
+
+
+def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_data=None,
+          live: bool | None = None, plot=None, profile=None, label: str = "training",
+          callbacks: list | None = None, **overrides) -> TrainResult:
+    """Fine-tune ``model`` on ``train_data`` (a ``datasets.Dataset`` or list of records in the
+    ``text``, ``messages`` or ``prompt``/``completion`` format) and return a :class:`TrainResult`.
+
+    ``config`` is a :class:`TrainConfig`; keyword overrides change single fields
+    (``train(m, tok, data, method="full", learning_rate=1e-5)``). ``live`` draws the loss curve
+    as it goes (default: in a notebook); pass ``plot=LiveLossPlot(...)`` to draw into your own.
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (e.g. to snapshot weights).
+
+    The seed, deterministic kernels and quieter libraries hold for this call only: afterwards the
+    session's random generators, torch's flags, warning filters and log levels are as they were
+    (:func:`run_trainer`).
+    """
+    cfg = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
+    cfg = cfg.validate().resolved(profile).validate()
+    with quiet():   # no progress bars from datasets' map
+        train_ds = as_trl_dataset(train_data)
+        if len(train_ds) == 0:
+            raise ValueError("train_data is empty")
+        if cfg.packing and "text" not in train_ds.column_names:
+            raise ValueError("packing=True is for plain-text data (a 'text' column): chat and "
+                             "prompt/completion records train one per row, so the loss stays on the reply")
+        eval_ds = as_trl_dataset(eval_data) if eval_data is not None else None
+    device = str(next(model.parameters()).device.type)
+
+    def make_trainer(output_dir, run_callbacks):
+        from trl import SFTTrainer
+
+        return guarded(SFTTrainer, model_loss_on_cpu=cfg.cpu_full_logits, float32_adapter_sums=cfg.adapter_sums_fp32)(
+            model=prepare_model(model, cfg), args=sft_config(cfg, output_dir, eval_ds is not None, device),
+            train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=run_callbacks)
+
+    trained, history = run_trainer(make_trainer, label, cfg.steps, seed=cfg.seed, config=cfg.to_dict(), live=live,
+                                   plot=plot, patience=cfg.early_stopping_patience, callbacks=callbacks,
+                                   fill_uninitialized_memory=cfg.fill_uninitialized_memory)
+    return TrainResult(model=trained, history=history, config=cfg)

@@ -16,7 +16,7 @@ import re
 import torch
 from transformers import TrainerCallback
 
-from .plots import LabFigure
+from .plots import LabFigure, lab_layout
 
 # The seven linear layers of a Llama block, in the order they run.
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -192,10 +192,8 @@ def histogram_figure(model, name: str, bins: int = 100, title: str | None = None
     counts, edges = histogram(model, name, bins)
     centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
     fig = LabFigure(go.Bar(x=centers, y=counts, marker_color="#7f7f7f"))
-    fig.update_layout(title=title or f"Values of {name}", xaxis_title="weight value",
-                      yaxis_title="number of weights", bargap=0, height=340,
-                      margin=dict(l=60, r=20, t=60, b=50))
-    return fig
+    return lab_layout(fig, 340, title=title or f"Values of {name}", xaxis_title="weight value",
+                      yaxis_title="number of weights", bargap=0)
 
 
 def change_heatmap(grid, title: str = "Relative change ||ΔW|| / ||W|| per layer and module"):
@@ -203,9 +201,8 @@ def change_heatmap(grid, title: str = "Relative change ||ΔW|| / ||W|| per layer
 
     fig = LabFigure(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index),
                                colorscale="Reds", colorbar=dict(title="||ΔW||/||W||")))
-    fig.update_layout(title=title, xaxis_title="module (attention: q k v o; MLP: gate up down)",
-                      yaxis_title="layer", height=520, margin=dict(l=60, r=20, t=60, b=50))
-    return fig
+    return lab_layout(fig, 520, title=title, xaxis_title="module (attention: q k v o; MLP: gate up down)",
+                      yaxis_title="layer")
 
 
 def spectrum_figure(before: dict, model, names: list[str], top: int = 64,
@@ -217,7 +214,5 @@ def spectrum_figure(before: dict, model, names: list[str], top: int = 64,
         s = (s / s[0]).tolist() if float(s[0]) > 0 else s.tolist()
         fig.add_scatter(x=list(range(1, min(top, len(s)) + 1)), y=s[:top], mode="lines+markers",
                         name=name.removeprefix("model."))
-    fig.update_layout(title=title, xaxis_title="direction (singular value index)",
-                      yaxis_title="singular value / largest", yaxis_type="log", height=380,
-                      margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.25))
-    return fig
+    return lab_layout(fig, 380, legend_below=-0.25, title=title, xaxis_title="direction (singular value index)",
+                      yaxis_title="singular value / largest", yaxis_type="log")

@@ -20,7 +20,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from .plots import COLORS, LabFigure, Panel, top_k_bar
+from .plots import COLORS, LabFigure, Panel, lab_layout, top_k_bar
 from .predictions import continuation_prob, next_token_logits, top_k_from_logits
 
 LABEL = {"description_width": "initial"}   # show a control's whole label, never "temperat..."
@@ -201,11 +201,10 @@ def before_after_figure(before, after=None, title: str = "Next-token probability
     fig.add_bar(x=labels, y=list(before["probability"]), name="before", marker_color=COLORS["base"])
     fig.add_bar(x=labels, y=list(after["probability"]) if after is not None else [None] * len(labels),
                 name=after_name, marker_color=COLORS["full"])
-    fig.update_layout(title=title, barmode="group", height=440, xaxis_title="context → next token",
+    return lab_layout(fig, 440, bottom=150, title=title, barmode="group", xaxis_title="context → next token",
                       yaxis_title="probability" + (" (log scale)" if log_y else ""),
-                      yaxis_type="log" if log_y else "linear", margin=dict(l=60, r=20, t=60, b=150),
-                      legend=dict(orientation="h", y=1.02, x=0))
-    return fig
+                      yaxis_type="log" if log_y else "linear",
+                      legend=dict(orientation="h", y=1.02, x=0))   # above: the long labels take the space below
 
 
 class FineTuneRerun:

@@ -9,6 +9,7 @@ import torch
 from labkit import learning_rate as lr_mod
 from labkit.learning_rate import (SurfaceExplorer, ScheduleExplorer, UpdateSizeCallback, classify_path,
                                   descent_path, detect_divergence, schedule_curve, update_size_summary)
+from labkit.training import SCHEDULES
 
 
 @pytest.mark.parametrize("lr,regime", [(0.002, "crawling"), (0.1, "converging"), (0.17, "oscillating"),
@@ -52,7 +53,7 @@ def test_divergence_factor_must_exceed_one():
         detect_divergence([1.0], factor=1.0)
 
 
-@pytest.mark.parametrize("name", lr_mod.SCHEDULE_NAMES)
+@pytest.mark.parametrize("name", SCHEDULES)
 def test_schedule_curves_by_hand(name):
     lrs = schedule_curve(name, total_steps=10, warmup_steps=4, learning_rate=1.0)
     assert len(lrs) == 10

@@ -116,6 +116,23 @@ def test_no_labkit_chart_depends_on_plotlys_figurewidget():
     assert offenders == []
 
 
+def test_lab_layout_sets_the_frame_and_passes_the_rest_on():
+    fig = plots.lab_layout(LabFigure(), 300, top=80, legend_below=-0.25, title="t", xaxis_title="x (s)")
+    layout = json.loads(fig.to_json())["layout"]
+    assert layout["margin"] == {"l": 60, "r": 20, "t": 80, "b": 50} and layout["height"] == 300
+    assert layout["legend"] == {"orientation": "h", "y": -0.25}
+    assert layout["title"]["text"] == "t" and layout["xaxis"]["title"]["text"] == "x (s)"
+
+
+def test_only_lab_layout_sets_margins():
+    """One frame for every chart: modules call plots.lab_layout instead of writing margins."""
+    from pathlib import Path
+
+    offenders = [p.name for p in (Path(plots.__file__).parent).glob("*.py")
+                 if p.name != "plots.py" and "margin=" in p.read_text()]
+    assert offenders == []
+
+
 def test_top_k_bars_keep_small_probabilities_visible():
     import pandas as pd
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labkit.predictions import (chat_prompt, continuation_logprob, continuation_prob, generate,
+from labkit.predictions import (chat_prompt, continuation_logprob, continuation_prob, generate, generate_many,
                                 next_token_distribution, next_token_logits, perplexity, sample_step)
 
 
@@ -70,6 +70,32 @@ def test_generation_greedy_is_repeatable_and_chat_uses_the_template(toy):
     assert generate(model, tok, "The capital", max_new_tokens=1) == tok.decode([first], skip_special_tokens=True)
     assert generate(model, tok, "hi", chat=True, max_new_tokens=3) == generate(model, tok, chat_prompt(tok, "hi"),
                                                                                max_new_tokens=3)
+
+
+def test_generate_many_samples_n_per_text_in_order_and_restores_the_mode(toy):
+    model, tok = toy
+    model.train()
+    texts = ["The capital", "hi"]
+    many = generate_many(model, tok, texts, max_new_tokens=4, temperature=1.0, seed=3, n=2, batch_size=1)
+    assert len(many) == 4 and all(set(r) == {"text", "stopped"} for r in many) and model.training
+    assert many == generate_many(model, tok, texts, max_new_tokens=4, temperature=1.0, seed=3, n=2, batch_size=1)
+    model.eval()
+    greedy = [generate(model, tok, t, max_new_tokens=4) for t in texts]   # the n rows of a text follow each other
+    assert [r["text"] for r in generate_many(model, tok, texts, max_new_tokens=4, n=2, batch_size=1)] == [
+        greedy[0], greedy[0], greedy[1], greedy[1]]
+    with pytest.raises(ValueError, match="empty"):
+        generate_many(model, tok, [""], max_new_tokens=2)
+
+
+def test_every_generating_helper_goes_through_generate_many(toy):
+    """rlhf's answers, serving's replies and scoring's batch give what generate() gives."""
+    from labkit import rlhf, scoring, serving
+
+    model, tok = toy
+    greedy = generate(model, tok, "Hi?", chat=True, max_new_tokens=5)
+    assert rlhf.answers(model, tok, ["Hi?"], max_new_tokens=5) == [greedy.strip()]
+    assert serving.generate(model, tok, ["Hi?"], max_new_tokens=5) == [greedy]
+    assert scoring.generate_batch(model, tok, [chat_prompt(tok, "Hi?")], max_new_tokens=5)[0]["text"] == greedy.strip()
 
 
 def test_sample_step_draws_from_the_top_k(toy):

@@ -79,6 +79,12 @@ def test_config_validates_and_serialises():
     assert cfg.to_dict()["cpu_full_logits"] is True and cfg.to_dict()["adapter_sums_fp32"] is True
     with pytest.raises(ValueError, match="cpu_full_logits"):
         rlhf.RLHFConfig(cpu_full_logits=1).validate()
+    with pytest.raises(ValueError, match="reward_steps=2.5"):   # a count of steps is a whole number
+        rlhf.RLHFConfig(reward_steps=2.5).validate()
+    # the same style as TrainConfig: a dict and back, and unknown fields named
+    assert rlhf.RLHFConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"unknown RLHFConfig field\(s\) \['steps'\]"):
+        rlhf.RLHFConfig.from_dict({"steps": 3})
 
 
 def test_sample_responses_shape_and_checks(toy):

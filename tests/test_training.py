@@ -5,7 +5,7 @@ import torch
 from transformers import TrainerCallback
 
 from labkit.toy import toy_model
-from labkit.training import TrainConfig, train
+from labkit.training import TrainConfig, run_trainer, train
 
 
 def params_snapshot(model):
@@ -226,3 +226,28 @@ def test_adapter_sums_in_float32_keep_an_adapter_smaller_than_bf16_rounding():
     assert out.dtype == torch.float32 and after.dtype == torch.bfloat16
     assert (lost - delta).abs().mean() > 0.5 * delta.abs().mean(), "bf16 should round most of it away"
     assert (kept - delta).abs().max() < 0.01 * delta.abs().max()
+
+
+@pytest.mark.parametrize("error, stopped", [(KeyboardInterrupt(), "interrupted at step 2"),
+                                            ("nan", "loss became nan at step 3")])
+def test_run_trainer_stops_every_stage_cleanly(error, stopped, capsys):
+    """SFT and the three RLHF stages all run through run_trainer: a Ctrl-C or a non-finite loss
+    ends training with the reason in the history and on screen, and the model back in eval mode."""
+    from types import SimpleNamespace
+
+    from labkit.patches import NonFiniteLoss
+
+    class Trainer:   # just what run_trainer uses of a transformers Trainer
+        def __init__(self, output_dir, callbacks):
+            self.callbacks, self.state, self.model = callbacks, SimpleNamespace(global_step=2), torch.nn.Linear(2, 2)
+
+        def remove_callback(self, callback):
+            pass
+
+        def train(self):
+            raise error if error != "nan" else NonFiniteLoss(3, float("nan"))
+
+    model, history = run_trainer(Trainer, "a stage", 5, seed=0, config={"seed": 0}, live=False)
+    assert history.stopped.startswith(stopped) and history.wall_s >= 0 and history.config == {"seed": 0}
+    assert isinstance(model, torch.nn.Linear) and not model.training
+    assert f"[labkit] a stage: {history.stopped}" in capsys.readouterr().out
