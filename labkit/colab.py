@@ -91,12 +91,7 @@ def install(root: Path) -> list[str]:
     need = missing(requirements(root))
     before = loaded_versions()
     constraints = root / ".colab_constraints.txt"
-    pins = {}
-    for name in KEEP:
-        try:
-            pins[name] = version(name)
-        except PackageNotFoundError:
-            pass
+    pins = loaded_versions(KEEP)   # the installed versions of Colab's own torch and ipywidgets
     constraints.write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     again = "Run this cell again (it installs again). If it fails the same way, open an issue at " \
