@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from . import files
 from .data import data_path, read_jsonl
 from .memory import PeakMemory, measure
 from .models import count_parameters, footprint_bytes, load_model
@@ -104,11 +105,10 @@ def heldout_loss(model, tokenizer, records, max_length: int = 256) -> float:
 
 def save_checkpoint(model, method: str, folder: Path) -> int:
     """Save the adapter (LoRA/DoRA/QLoRA) or the whole model (full) as safetensors; return the
-    bytes of the weight files."""
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    bytes of the weight files. An earlier checkpoint there is replaced only once the new one is
+    complete (``labkit.files``)."""
+    with files.replacing_folder(folder) as new:
+        model.save_pretrained(new, safe_serialization=True)
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
 
 
@@ -186,8 +186,7 @@ def _save(result: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{result['method']}.json"
     clean = {k: v for k, v in result.items() if k not in ("model", "tokenizer")}
-    path.write_text(json.dumps(clean, indent=1))
-    return path
+    return files.write_text(path, json.dumps(clean, indent=1))
 
 
 def load_results(profile=None) -> dict[str, dict]:

@@ -33,6 +33,8 @@ REQUIRED_FIELDS = {
     "sense": ("word", "sense", "prompt", "continuation"),
 }
 ROLES = ("system", "user", "assistant")
+MAX_FIELD_CHARS = 200_000        # a field longer than this is a mistake here (the lab trains on <= 512 tokens)
+MAX_LINE_BYTES = 8 * 2**20       # read no further into a line than this
 
 
 def data_dir() -> Path:
@@ -67,6 +69,23 @@ def _check_messages(messages) -> str | None:
             return f"messages[{i}].content must be a non-empty string"
     if messages[-1]["role"] != "assistant":
         return "the last message must be the assistant's (the response to learn)"
+    if not any(m["role"] == "user" for m in messages[:-1]):
+        return "a conversation needs a user message before the assistant's reply"
+    return None
+
+
+def _check_text(field: str, value) -> str | None:
+    if not isinstance(value, str):
+        return f"field {field!r} must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return f"field {field!r} is empty"
+    if len(value) > MAX_FIELD_CHARS:
+        return f"field {field!r} is {len(value):,} characters long; the lab's limit is {MAX_FIELD_CHARS:,}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"field {field!r} holds a character that is not valid text (U+{ord(value[e.start]):04X} "
+                f"at position {e.start}, half of a surrogate pair)")
     return None
 
 
@@ -78,14 +97,62 @@ def check_record(record, fmt: str) -> str | None:
         if field not in record:
             return f"missing field {field!r}"
         if field == "messages":
-            problem = _check_messages(record[field])
-            if problem:
-                return problem
-        elif not isinstance(record[field], str):
-            return f"field {field!r} must be a string, got {type(record[field]).__name__}"
-        elif not record[field].strip():
-            return f"field {field!r} is empty"
+            problem = _check_messages(record[field]) or next(
+                (p for i, m in enumerate(record[field]) if (p := _check_text(f"messages[{i}].content", m["content"]))),
+                None)
+        else:
+            problem = _check_text(field, record[field])
+        if problem:
+            return problem
+    if fmt == "preference" and record["chosen"].strip() == record["rejected"].strip():
+        return "'chosen' and 'rejected' are the same text: there is nothing to prefer"
     return None
+
+
+def check_records(records, name: str = "data", formats=None) -> str:
+    """Check every record (a list of dicts or a ``datasets.Dataset``) as the file loaders do; a bad
+    one raises ``ValueError("name[i]: why")`` (0-based, as Python counts a list). Returns the format.
+    ``formats`` limits which formats are accepted."""
+    fmt = None
+    for i, record in enumerate(records):
+        where = f"{name}[{i}]"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a dict, got {type(record).__name__}")
+        try:
+            found = detect_format(record)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if formats and found not in formats:
+            raise ValueError(f"{where}: format {found!r} cannot be used here; use one of {list(formats)}")
+        if fmt is not None and found != fmt:
+            raise ValueError(f"{where}: format {found!r}, but the records before it are {fmt!r}")
+        fmt = found
+        problem = check_record(record, fmt)
+        if problem:
+            raise ValueError(f"{where}: {problem} (format {fmt!r})")
+    if fmt is None:
+        raise ValueError(f"{name} is empty")
+    return fmt
+
+
+def read_lines(path):
+    """``(line number, text)`` for each line of a UTF-8 file; a file in another encoding, or a line
+    too long to be data, raises ``ValueError`` naming the file and the line."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ValueError(f"{path}: the file is UTF-16; save it as UTF-8 (in most editors: Save As, "
+                             "encoding UTF-8)")
+        for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise ValueError(f"{path}:{lineno}: the line is longer than {MAX_LINE_BYTES // 2**20} MB; "
+                                 "one record per line, each much shorter")
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte "
+                                 f"{e.start + 1} of the line); save the file as UTF-8") from None
 
 
 def read_jsonl(path, format: str | None = None) -> list[dict]:
@@ -96,25 +163,24 @@ def read_jsonl(path, format: str | None = None) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue  # a trailing blank line is harmless
+    for lineno, line in read_lines(path):
+        if not line.strip():
+            continue  # a trailing blank line is harmless
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if format is None:
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object")
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if format is None:
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object")
-                try:
-                    format = detect_format(record)
-                except ValueError as e:
-                    raise ValueError(f"{path}:{lineno}: {e}") from None
-            problem = check_record(record, format)
-            if problem:
-                raise ValueError(f"{path}:{lineno}: {problem} (format {format!r})")
-            records.append(record)
+                format = detect_format(record)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from None
+        problem = check_record(record, format)
+        if problem:
+            raise ValueError(f"{path}:{lineno}: {problem} (format {format!r})")
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: the file is empty")
     return records

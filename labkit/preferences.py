@@ -27,7 +27,7 @@ from itertools import combinations
 from pathlib import Path
 
 from . import files
-from .data import check_record
+from .data import check_record, read_lines
 from .plots import Panel
 
 
@@ -38,12 +38,15 @@ def judgement_id(prompt: str, chosen: str, rejected: str) -> str:
 
 
 def _checked(record, where: str) -> dict:
-    problem = check_record(record, "preference")
-    if problem is None and record["chosen"] == record["rejected"]:
-        problem = "'chosen' and 'rejected' are the same text"
+    problem = check_record(record, "preference")   # also refuses chosen == rejected
     if problem:
         raise ValueError(f"{where}: {problem}")
     return record
+
+
+def _not_a_folder(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name such as {path / 'my_preferences.jsonl'}")
 
 
 def read_preferences(path) -> list[dict]:
@@ -52,17 +55,17 @@ def read_preferences(path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
+    _not_a_folder(path)
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); "
-                                 "the file was left untouched") from None
-            records.append(_checked(record, f"{path}:{lineno}"))
+    for lineno, line in read_lines(path):   # a file that is not UTF-8 is named with its line
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); "
+                             "the file was left untouched") from None
+        records.append(_checked(record, f"{path}:{lineno}"))
     return records
 
 
@@ -76,6 +79,7 @@ def append_preferences(path, judgements) -> int:
     written; the file is locked while it is read and replaced (a second writer waits, or gets
     ``labkit.files.Busy`` after a few seconds), and it is replaced atomically."""
     path = Path(path)
+    _not_a_folder(path)   # before the lock file is made beside it
     checked = []
     for i, j in enumerate(judgements, start=1):
         j = dict(_checked(j, f"judgement {i}"))

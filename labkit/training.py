@@ -22,8 +22,11 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
+from . import files
+from .guards import DivergenceGuard, interrupts_deferred
 from .memory import PeakMemory
 from .patches import NonFiniteLoss, guarded, quiet
 from .profiles import profile as get_profile
@@ -33,6 +36,7 @@ from .plots import LabFigure, lab_layout
 METHODS = ("full", "lora", "dora", "qlora")
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 PACKING_STRATEGIES = ("wrapped", "bfd")
+TRAINING_FORMATS = ("text", "messages", "prompt_completion")
 
 
 # --- experiment configs -----------------------------------------------------------------------
@@ -60,9 +64,8 @@ class ExperimentConfig:
         return cls(**values)
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        """Write the config as JSON, atomically (``labkit.files``)."""
+        return files.write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path):
@@ -118,13 +121,17 @@ class TrainConfig(ExperimentConfig):
         need(self.max_length is None or self.max_length >= 8, "max_length", "must be at least 8 tokens")
         need(self.schedule in SCHEDULES, "schedule", f"choose one of {SCHEDULES}")
         need(is_whole(self.warmup_steps, 0), "warmup_steps", "must be a whole number >= 0")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
-             "must be > 0 (or None for no clipping)")
+        need(is_number(self.weight_decay), "weight_decay", "must be a finite number >= 0")
+        need(self.max_grad_norm is None or (is_number(self.max_grad_norm) and self.max_grad_norm > 0),
+             "max_grad_norm", "must be a finite number > 0 (or None for no clipping)")
         if self.method != "full":
             need(is_whole(self.lora_r, 1), "lora_r", "the LoRA rank must be a whole number of at least 1")
-            need(self.lora_alpha > 0, "lora_alpha", "must be > 0")
-            need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+            need(is_number(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", "must be a number > 0")
+            need(is_number(self.lora_dropout) and self.lora_dropout < 1, "lora_dropout", "must be a number in [0, 1)")
+            need(self.target_modules == "all-linear" or (
+                isinstance(self.target_modules, (list, tuple)) and self.target_modules
+                and all(isinstance(m, str) and m for m in self.target_modules)),
+                "target_modules", "must be 'all-linear' or a non-empty list of layer names")
         need(self.mixed_precision in (None, "no", "bf16", "fp16"), "mixed_precision",
              "choose None (from the profile), 'no', 'bf16' or 'fp16'")
         for name in ("packing", "cpu_full_logits", "adapter_sums_fp32", "fill_uninitialized_memory"):
@@ -225,18 +232,45 @@ def prepare_model(model, cfg: TrainConfig):
         raise ValueError(f"method={cfg.method!r} on a 4-bit model is QLoRA: use method='qlora'")
     if isinstance(model, PeftModel):
         raise ValueError("this model already has adapters; load a fresh model to add new ones")
+    check_target_modules(model, cfg.target_modules)
     return get_peft_model(model, lora_config(cfg))
+
+
+def check_target_modules(model, target_modules) -> None:
+    """PEFT accepts a list of layer names if any one matches; a typo in another is then silently
+    ignored. Here every name must match a linear layer of ``model``."""
+    if target_modules == "all-linear":
+        return
+    linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) or type(m).__name__.startswith("Linear")}
+    unknown = [t for t in target_modules if t not in linear]
+    if unknown:
+        raise ValueError(f"target_modules: {unknown} match no linear layer of this model; its linear "
+                         f"layers are named {sorted(linear)}")
 
 
 # --- data -------------------------------------------------------------------------------------
 
-def as_trl_dataset(dataset):
-    """Keep only the columns TRL needs. Chat records become prompt/completion pairs, so that the
-    loss is computed on the assistant's reply only (completion-only loss)."""
+def as_trl_dataset(dataset, name: str = "train_data"):
+    """Check every record as the file loaders do (``labkit.data.check_records``: an error names
+    ``name[i]`` and the field), then keep only the columns TRL needs. Chat records become
+    prompt/completion pairs, so that the loss is computed on the assistant's reply only."""
     from datasets import Dataset
 
-    if isinstance(dataset, list):
-        dataset = Dataset.from_list(dataset)
+    from .data import check_records, duplicate_report
+
+    records = dataset if isinstance(dataset, list) else None
+    if records is None and not isinstance(dataset, Dataset):
+        raise ValueError(f"{name} must be a list of records or a datasets.Dataset, got {type(dataset).__name__}")
+    check_records(records if records is not None else dataset, name, TRAINING_FORMATS)
+    repeats = duplicate_report(records if records is not None else dataset, key=lambda r: json.dumps(
+        {k: r[k] for k in ("text", "messages", "prompt", "completion") if k in r}, sort_keys=True))
+    if repeats:
+        first, again = repeats[0]
+        print(f"[labkit] {name}: {len(repeats)} record(s) repeat an earlier one exactly (e.g. {name}[{again - 1}] "
+              f"= {name}[{first - 1}]); they are trained on as many times as they appear")
+    if records is not None:
+        dataset = Dataset.from_list(records)
     cols = set(dataset.column_names)
     if "messages" in cols:
         return dataset.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
@@ -432,7 +466,8 @@ def unwrap(model):
 
 def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict | None = None,
                 live: bool | None = None, plot=None, title: str | None = None, patience: int | None = None,
-                callbacks: list | None = None, fill_uninitialized_memory: bool = False):
+                callbacks: list | None = None, fill_uninitialized_memory: bool = False,
+                vocab_size: int | None = None):
     """Run one TRL trainer the way every labkit stage does: SFT (:func:`train`), and the reward
     model, GRPO and DPO (``labkit.rlhf``). Returns ``(model, history)``: the trained model
     (:func:`unwrap`-ped, in eval mode) and a :class:`History` with one row per step.
@@ -443,7 +478,9 @@ def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict
     random generators, torch's flags, warning filters and log levels are as they were); a
     throwaway output folder; peak memory; a progress line; the loss drawn as it goes (``live``,
     default: in a notebook, titled ``title``; or into your ``plot``). A non-finite loss and Ctrl-C
-    stop training cleanly: the history says where, and the model is usable."""
+    stop training cleanly: the history says where, and the model is usable. A run that diverges
+    (``labkit.guards``; ``vocab_size`` adds the uniform-guessing check) stops with its weights
+    restored to those before the run, and the history says so."""
     from transformers.trainer_callback import PrinterCallback
 
     history = History(config=config or {})
@@ -455,19 +492,25 @@ def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict
     progress = ProgressCallback(steps, label)
     with (seeded(seed, fill_uninitialized_memory=fill_uninitialized_memory), quiet(),
           tempfile.TemporaryDirectory(prefix="labkit-train-") as out, PeakMemory() as memory):
-        trainer = make_trainer(out, [HistoryCallback(history, memory, patience, on_row=plot), progress,
+        guard = DivergenceGuard(vocab_size)
+        trainer = make_trainer(out, [HistoryCallback(history, memory, patience, on_row=plot), guard, progress,
                                      *(callbacks or [])])
         trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
         try:
             trainer.train()
         except NonFiniteLoss as e:
-            history.stopped = str(e)
+            if guard.weights_ok():   # true: the guard stopped before this update
+                history.stopped = str(e)
+            else:                    # an earlier update broke the weights (e.g. weight_decay=nan)
+                guard.stop(e.step, f"loss became {e.value}")
         except KeyboardInterrupt:
             history.stopped = f"interrupted at step {trainer.state.global_step}"
         finally:
             progress.close()
             history.wall_s = time.perf_counter() - start
+    if guard.reason:
+        history.stopped = guard.reason
     history.peak_memory_mb = memory.peak_mb
     if history.stopped != "finished":
         print(f"[labkit] {label}: {history.stopped}")
@@ -491,24 +534,36 @@ def train(model, tokenizer, train_data, config: TrainConfig | None = None, eval_
     """
     cfg = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
     cfg = cfg.validate().resolved(profile).validate()
+    with interrupts_deferred():   # a Ctrl-C here would leave these libraries half imported
+        import datasets, peft, trl  # noqa: F401,E401
     with quiet():   # no progress bars from datasets' map
-        train_ds = as_trl_dataset(train_data)
-        if len(train_ds) == 0:
-            raise ValueError("train_data is empty")
+        train_ds = as_trl_dataset(train_data, "train_data")
         if cfg.packing and "text" not in train_ds.column_names:
             raise ValueError("packing=True is for plain-text data (a 'text' column): chat and "
                              "prompt/completion records train one per row, so the loss stays on the reply")
-        eval_ds = as_trl_dataset(eval_data) if eval_data is not None else None
+        eval_ds = as_trl_dataset(eval_data, "eval_data") if eval_data is not None else None
     device = str(next(model.parameters()).device.type)
+    prepared = []
 
     def make_trainer(output_dir, run_callbacks):
         from trl import SFTTrainer
 
+        with interrupts_deferred():   # adapters are added whole or not at all
+            prepared.append(prepare_model(model, cfg))
         return guarded(SFTTrainer, model_loss_on_cpu=cfg.cpu_full_logits, float32_adapter_sums=cfg.adapter_sums_fp32)(
-            model=prepare_model(model, cfg), args=sft_config(cfg, output_dir, eval_ds is not None, device),
+            model=prepared[0], args=sft_config(cfg, output_dir, eval_ds is not None, device),
             train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, callbacks=run_callbacks)
 
-    trained, history = run_trainer(make_trainer, label, cfg.steps, seed=cfg.seed, config=cfg.to_dict(), live=live,
-                                   plot=plot, patience=cfg.early_stopping_patience, callbacks=callbacks,
-                                   fill_uninitialized_memory=cfg.fill_uninitialized_memory)
+    try:
+        trained, history = run_trainer(
+            make_trainer, label, cfg.steps, seed=cfg.seed, config=cfg.to_dict(), live=live, plot=plot,
+            patience=cfg.early_stopping_patience, callbacks=callbacks,
+            fill_uninitialized_memory=cfg.fill_uninitialized_memory,
+            vocab_size=getattr(getattr(model, "config", None), "vocab_size", None))
+    except KeyboardInterrupt:   # before training started (run_trainer handles it once training runs)
+        if prepared and prepared[0] is not model:
+            prepared[0].unload()   # take the adapters out again: the model is as it was given
+        history = History(config=cfg.to_dict(), stopped="interrupted before training started; the model is unchanged")
+        print(f"[labkit] {label}: {history.stopped}")
+        return TrainResult(model=model.eval(), history=history, config=cfg)
     return TrainResult(model=trained, history=history, config=cfg)

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -95,3 +96,62 @@ def test_write_jsonl_validates_and_is_atomic(tmp_path):
     with pytest.raises(ValueError, match=r"record 2: field 'text' is empty .*nothing was written"):
         write_jsonl(p, [{"text": "b"}, {"text": " "}])
     assert read_jsonl(p) == [{"text": "a"}]
+
+
+# --- what a clumsy learner's file looks like (issue #18) ---------------------------------------
+
+def test_a_file_that_is_not_utf8_names_the_file_the_line_and_the_byte(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes('{"text": "ok"}\n{"text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9.*save the file as UTF-8"):
+        read_jsonl(p)
+
+
+def test_a_utf16_file_is_named_as_such(tmp_path):
+    p = tmp_path / "u16.jsonl"
+    p.write_text('{"text": "ok"}\n', encoding="utf-16")
+    with pytest.raises(ValueError, match="u16.jsonl: the file is UTF-16; save it as UTF-8"):
+        read_jsonl(p)
+
+
+def test_a_utf8_file_with_a_byte_order_mark_reads(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_text('{"text": "ok"}\n', encoding="utf-8-sig")
+    assert read_jsonl(p) == [{"text": "ok"}]
+
+
+def test_a_line_too_long_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    import labkit.data as data
+
+    monkeypatch.setattr(data, "MAX_LINE_BYTES", 1000)
+    p = write(tmp_path, ['{"text": "short"}', json.dumps({"text": "x" * 5000})])
+    with pytest.raises(ValueError, match=r"d.jsonl:2: the line is longer than"):
+        read_jsonl(p)
+
+
+@pytest.mark.parametrize("record,problem", [
+    ({"prompt": "p", "chosen": "same", "rejected": "same "}, "'chosen' and 'rejected' are the same text"),
+    ({"prompt": "p", "chosen": "a\ud800b", "rejected": "c"}, r"U\+D800 at position 1"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, "needs a user message"),
+    ({"messages": [{"role": "user", "content": "q\udfff"}, {"role": "assistant", "content": "a"}]},
+     r"messages\[0\].content.*U\+DFFF"),
+    ({"text": "x" * 200_001}, "200,001 characters long"),
+])
+def test_records_a_learner_can_get_wrong(record, problem):
+    from labkit.data import check_record
+
+    assert re.search(problem, check_record(record, detect_format(record)))
+
+
+def test_check_records_names_the_list_item(tmp_path):
+    from labkit.data import check_records
+
+    assert check_records([{"text": "a"}, {"text": "b"}], "train_data") == "text"
+    with pytest.raises(ValueError, match=r"train_data\[1\]: field 'text' is empty"):
+        check_records([{"text": "a"}, {"text": " "}], "train_data")
+    with pytest.raises(ValueError, match=r"train_data\[0\]: expected a dict, got NoneType"):
+        check_records([None], "train_data")
+    with pytest.raises(ValueError, match=r"train_data\[1\]: format 'prompt_completion', but the records before"):
+        check_records([{"text": "a"}, {"prompt": "p", "completion": "c"}], "train_data")
+    with pytest.raises(ValueError, match="train_data is empty"):
+        check_records([], "train_data")

@@ -166,3 +166,21 @@ def test_ranking_widget_says_saved_only_for_judgements_it_reads_back(tmp_path, m
     monkeypatch.setattr(prefs, "append_preferences", lambda path, judgements: len(judgements))  # writes nothing
     w.save.click()
     assert "Not saved: 3 judgement(s) are not in" in w.status.value and w.saved == 0
+
+
+def test_ranking_widget_pointed_at_a_folder_says_so_and_leaves_nothing_behind(tmp_path):
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    w = prefs.ranking_widget(SAMPLES, folder)
+    for control, rank in zip(w.ranks, [3, 1, 2]):
+        control.value = rank
+    w.save.click()
+    assert "Not saved" in w.status.value and "is a folder; give a file name" in w.status.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefs"] and not any(folder.iterdir())
+
+
+def test_a_preferences_file_in_another_encoding_names_its_line(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes('{"prompt": "p", "chosen": "déjà", "rejected": "no"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"mine.jsonl:1: not UTF-8 text"):
+        prefs.read_preferences(path)

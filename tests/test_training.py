@@ -16,6 +16,8 @@ def params_snapshot(model):
     ("learning_rate", 0), ("learning_rate", -1e-4), ("learning_rate", float("nan")),
     ("lora_r", 0), ("batch_size", 0), ("steps", 0), ("method", "magic"), ("schedule", "zigzag"),
     ("warmup_steps", -1), ("max_length", 4), ("cpu_full_logits", "yes"), ("packing_strategy", "tight"),
+    ("weight_decay", float("nan")), ("weight_decay", float("inf")), ("max_grad_norm", float("inf")),
+    ("lora_r", True), ("lora_alpha", "16"), ("lora_dropout", "0.1"), ("target_modules", "q_proj,v_proj"),
 ])
 def test_bad_hyperparameters_fail_before_any_work(toy, toy_text, field, value):
     model, tok = toy
@@ -251,3 +253,107 @@ def test_run_trainer_stops_every_stage_cleanly(error, stopped, capsys):
     assert history.stopped.startswith(stopped) and history.wall_s >= 0 and history.config == {"seed": 0}
     assert isinstance(model, torch.nn.Linear) and not model.training
     assert f"[labkit] a stage: {history.stopped}" in capsys.readouterr().out
+
+
+# --- runs that go wrong (issue #18) -------------------------------------------------------------
+
+def test_a_diverging_run_stops_and_really_restores_the_weights(toy, toy_text):
+    """learning_rate=1e3 makes the toy's weights NaN within a few steps; the run must not say
+    "finished", and the weights must be the ones from before the run, as the message says."""
+    model, tok = toy
+    before = params_snapshot(model)
+    result = train(model, tok, toy_text, method="full", steps=8, learning_rate=1e3)
+    assert result.history.stopped.startswith("diverged at step ")
+    assert "restored to those before this run" in result.history.stopped
+    after = params_snapshot(result.model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_a_loss_at_the_uniform_level_stops_the_run():
+    """A loss that starts well below ln(vocabulary) and climbs to it is a collapsed model."""
+    from types import SimpleNamespace
+
+    from labkit.guards import DivergenceGuard
+
+    guard, control = DivergenceGuard(vocab_size=49152), SimpleNamespace(should_training_stop=False)
+    guard.on_log(None, SimpleNamespace(global_step=1), control, logs={"loss": 2.5, "grad_norm": 3.0})
+    guard.on_log(None, SimpleNamespace(global_step=2), control, logs={"loss": 4.0, "grad_norm": 3.0})
+    assert guard.reason is None and not control.should_training_stop
+    guard.on_log(None, SimpleNamespace(global_step=3), control, logs={"loss": 10.7, "grad_norm": 0.01})
+    assert control.should_training_stop and guard.reason.startswith("diverged at step 3")
+    assert "guesses every token uniformly" in guard.reason and "reload the model" in guard.reason  # no copy kept
+    random_start = DivergenceGuard(vocab_size=320)   # a random model starts at the uniform level: fine
+    for step in (1, 2):
+        random_start.on_log(None, SimpleNamespace(global_step=step), control, logs={"loss": 5.77})
+    assert random_start.reason is None
+
+
+def test_a_nan_loss_after_a_broken_update_says_the_weights_were_restored(toy, toy_text):
+    """If an update made the weights NaN (here, a callback after the guard's check), the next loss
+    is NaN: the message must not claim the weights are those of the step before."""
+    class Break(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+    model, tok = toy
+    before = params_snapshot(model)
+    result = train(model, tok, toy_text, method="full", steps=6, callbacks=[Break()])
+    assert result.history.stopped.startswith("diverged at step 3: loss became nan")
+    assert "restored" in result.history.stopped and "step before" not in result.history.stopped
+    assert all(torch.equal(before[n], p) for n, p in result.model.named_parameters())
+
+
+def test_ctrl_c_before_training_starts_leaves_the_model_as_it_was(toy, toy_text, monkeypatch):
+    import labkit.training as training
+
+    def interrupted(*args, **kwargs):   # after the adapters were added, while the trainer is built
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "sft_config", interrupted)
+    model, tok = toy
+    before = params_snapshot(model)
+    result = train(model, tok, toy_text, method="lora", steps=4)
+    assert result.history.stopped == "interrupted before training started; the model is unchanged"
+    assert result.model is model and not any("lora" in n for n, _ in model.named_modules())
+    assert params_snapshot(model).keys() == before.keys()
+    monkeypatch.undo()
+    assert train(model, tok, toy_text, method="lora", steps=2).history.stopped == "finished"
+
+
+def test_interrupts_deferred_holds_ctrl_c_until_the_block_ends():
+    import os
+    import signal
+
+    from labkit.guards import interrupts_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the rest of the block ran")
+    assert done == ["the rest of the block ran"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("data,message", [
+    ([{"text": "ok"}, {"text": ""}], r"train_data\[1\]: field 'text' is empty"),
+    ([{"text": "ok"}, None], r"train_data\[1\]: expected a dict, got NoneType"),
+    ([{"messages": [{"role": "assistant", "content": "hi"}]}], r"train_data\[0\]: a conversation needs a user"),
+    ([{"prompt": "p", "chosen": "a", "rejected": "b"}], r"train_data\[0\]: format 'preference' cannot be used"),
+])
+def test_lists_passed_to_train_are_checked_like_files(toy, data, message):
+    model, tok = toy
+    with pytest.raises(ValueError, match=message):
+        train(model, tok, data, method="lora", steps=1)
+    assert not any("lora" in n for n, _ in model.named_modules())
+
+
+def test_duplicates_are_reported_and_a_mistyped_target_module_is_refused(toy, toy_text, capsys):
+    model, tok = toy
+    with pytest.raises(ValueError, match=r"target_modules: \['q_prj'\] match no linear layer.*'q_proj'"):
+        train(model, tok, toy_text, method="lora", steps=1, target_modules=["q_proj", "q_prj"])
+    train(model, tok, [{"text": "a b c"}, {"text": "d e"}, {"text": "a b c"}], method="full", steps=1)
+    assert "train_data: 1 record(s) repeat an earlier one exactly (e.g. train_data[2] = train_data[0])" in \
+        capsys.readouterr().out
