@@ -316,7 +316,8 @@ def train_reward_model(model, tok, pairs: list[dict], cfg: RLHFConfig, live: boo
 
     trained, history = run_trainer(make_trainer, "reward model", cfg.reward_steps, seed=cfg.seed,
                                    config=cfg.to_dict(), live=live,
-                                   title="Reward model: loss per step (-log sigmoid of the margin)")
+                                   title="Reward model: loss per step (-log sigmoid of the margin)",
+                                   loss_name="loss (-log σ(reward margin))")
     return StageResult.of(trained.merge_and_unload().eval(), log, history)
 
 
@@ -398,7 +399,8 @@ def train_dpo(model, tok, pairs: list[dict], cfg: RLHFConfig, live: bool | None 
             peft_config=_lora(cfg, "CAUSAL_LM"), callbacks=[*callbacks, log])
 
     policy, history = run_trainer(make_trainer, "DPO", cfg.dpo_steps, seed=cfg.seed, config=cfg.to_dict(), live=live,
-                                  title="DPO: loss per step (-log sigmoid of beta x the log-ratio margin)")
+                                  title="DPO: loss per step (-log sigmoid of beta x the log-ratio margin)",
+                                  loss_name="loss (-log σ(β × log-ratio margin))")
     return StageResult.of(policy, log, history)
 
 

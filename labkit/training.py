@@ -404,10 +404,10 @@ class LiveLossPlot:
     appears with the first evaluation."""
 
     def __init__(self, title: str = "Training loss", name: str = "train loss", color: str | None = None,
-                 figure=None):
+                 figure=None, yaxis_title: str = "loss (cross-entropy, nats/token)"):
         self.name, self.color = name, color
         self.figure = figure or lab_layout(LabFigure(), 320, top=50, bottom=40, title=title,
-                                           xaxis_title="optimizer step", yaxis_title="loss (cross-entropy, nats/token)")
+                                           xaxis_title="optimizer step", yaxis_title=yaxis_title)
         self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name, line=dict(color=color))
         self.train_trace = self.figure.data[-1]
         self.eval_trace = None
@@ -467,7 +467,7 @@ def unwrap(model):
 def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict | None = None,
                 live: bool | None = None, plot=None, title: str | None = None, patience: int | None = None,
                 callbacks: list | None = None, fill_uninitialized_memory: bool = False,
-                vocab_size: int | None = None):
+                vocab_size: int | None = None, loss_name: str = "loss (cross-entropy, nats/token)"):
     """Run one TRL trainer the way every labkit stage does: SFT (:func:`train`), and the reward
     model, GRPO and DPO (``labkit.rlhf``). Returns ``(model, history)``: the trained model
     (:func:`unwrap`-ped, in eval mode) and a :class:`History` with one row per step.
@@ -477,8 +477,8 @@ def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict
     call only: the seed, deterministic kernels and quieter libraries (afterwards the session's
     random generators, torch's flags, warning filters and log levels are as they were); a
     throwaway output folder; peak memory; a progress line; the loss drawn as it goes (``live``,
-    default: in a notebook, titled ``title``; or into your ``plot``). A non-finite loss and Ctrl-C
-    stop training cleanly: the history says where, and the model is usable. A run that diverges
+    default: in a notebook, titled ``title``, its axis named ``loss_name``; or into your ``plot``).
+    A non-finite loss and Ctrl-C stop training cleanly: the history says where, and the model is usable. A run that diverges
     (``labkit.guards``; ``vocab_size`` adds the uniform-guessing check) stops with its weights
     restored to those before the run, and the history says so."""
     from transformers.trainer_callback import PrinterCallback
@@ -487,7 +487,7 @@ def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict
     if plot is None and (in_notebook() if live is None else live):
         from IPython.display import display
 
-        plot = LiveLossPlot(title=title or f"{label}: loss per step")
+        plot = LiveLossPlot(title=title or f"{label}: loss per step", yaxis_title=loss_name)
         display(plot.figure)
     progress = ProgressCallback(steps, label)
     with (seeded(seed, fill_uninitialized_memory=fill_uninitialized_memory), quiet(),

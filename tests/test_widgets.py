@@ -91,7 +91,9 @@ def test_time_explorer_reports_both_kinds_of_update(toy):
     t = time_explorer(ex, prompts=("One", "One, two"), k_values=(3, 5))
     assert t["prompts"] == 2 and t["slider_moves"] == 2
     assert t["new_prompt_s"] > 0 and t["slider_s"] > 0
-    assert len(ex._cache) == 2           # the cache was cleared, then filled by the two prompts
+    assert len(ex._cache) == 3           # cleared, then the two prompts and the one shown again
+    assert ex.text.value == "The" and ex.top_k.value == 5   # issue #22: it showed the timing prompt
+    assert "The" in str(ex.figure.layout.title.text)
 
 
 def test_a_new_prompt_clears_the_last_sampling_table(toy):
