@@ -213,6 +213,39 @@ def matched_comparison(full_rows, other: dict) -> dict:
     return out
 
 
+def knowledge_verdict(run: dict, reference: dict, n_items: int) -> dict:
+    """Did ``run`` lose less knowledge than ``reference``? Judged on the primary measure (knowledge
+    accuracy on ``n_items`` probe items) against its sampling noise: a difference of two accuracies
+    on n items has a standard error of about sqrt(2 p (1 - p) / n); within two of them (about 95%)
+    the two runs cannot be told apart. Returns the difference in points lost (< 0: ``run`` lost
+    fewer), the noise band and a verdict: "less", "more" or "within noise"."""
+    if n_items < 1:
+        raise ValueError(f"n_items={n_items}: need at least one probe item")
+    p = (run["knowledge_acc"] + reference["knowledge_acc"]) / 2
+    noise = 2 * math.sqrt(2 * max(p * (1 - p), 1 / n_items) / n_items)
+    diff = run["knowledge_drop"] - reference["knowledge_drop"]
+    verdict = "within noise" if abs(diff) <= noise else ("less" if diff < 0 else "more")
+    return {"difference": diff, "noise": noise, "verdict": verdict, "n_items": n_items}
+
+
+def matched_knowledge_verdict(matched: dict, before: dict, n_items: int) -> dict:
+    """:func:`knowledge_verdict` for a :func:`matched_comparison`: the other method against full
+    fine-tuning's forgetting at the same in-domain gain."""
+    def run(drop):
+        return {"knowledge_drop": drop, "knowledge_acc": before["knowledge_acc"] - drop}
+
+    return knowledge_verdict(run(matched["other_knowledge_drop"]), run(matched["full_knowledge_drop"]), n_items)
+
+
+def knowledge_sentence(name: str, run: dict, reference: dict, n_items: int) -> str:
+    """One line a learner reads: knowledge lost by ``run`` against ``reference``, with the verdict."""
+    v = knowledge_verdict(run, reference, n_items)
+    said = {"less": "LESS forgetting", "more": "MORE forgetting",
+            "within noise": "no difference this probe can see"}[v["verdict"]]
+    return (f"{name}: knowledge lost {100 * run['knowledge_drop']:.0f} points vs {100 * reference['knowledge_drop']:.0f} "
+            f"→ {said} (difference {100 * v['difference']:+.0f} points; noise ±{100 * v['noise']:.0f} on {n_items} items)")
+
+
 # --- the word-sense probe --------------------------------------------------------------------
 
 def sense_shift(before: dict, after: dict):

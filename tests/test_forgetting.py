@@ -135,3 +135,21 @@ def test_forgetting_lab_runs_and_redraws(toy, toy_text):
     assert {"domain_gain", "knowledge_drop", "general_ppl_change"} <= set(row)
     import json
     json.dumps(row)  # results carry their config and are serialisable
+
+
+def test_knowledge_verdict_follows_the_primary_measure_and_the_sample_size():
+    """Issue #22: replay lost 35 points against 17.5 without it, and the notebook said "less
+    damage" (judged by perplexity); one item decided "LoRA forgets less". Now the knowledge probe
+    decides, and a difference inside the noise band of n items is called that."""
+    from labkit.forgetting import knowledge_sentence, knowledge_verdict
+
+    plain = {"knowledge_acc": 0.625, "knowledge_drop": 0.175}
+    replay = {"knowledge_acc": 0.45, "knowledge_drop": 0.35}
+    assert knowledge_verdict(replay, plain, 40)["verdict"] == "within noise"   # ±21 points on 40 items
+    assert knowledge_verdict(replay, plain, 400)["verdict"] == "more"
+    assert knowledge_verdict(plain, replay, 400)["verdict"] == "less"
+    one_item = knowledge_verdict({"knowledge_acc": 0.0, "knowledge_drop": 1.0},
+                                 {"knowledge_acc": 1.0, "knowledge_drop": 0.0}, 1)
+    assert one_item["verdict"] == "within noise"
+    line = knowledge_sentence("replay", replay, plain, 400)
+    assert "MORE forgetting" in line and "35 points vs 18" in line and "400 items" in line
