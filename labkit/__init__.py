@@ -29,6 +29,8 @@ Organised by what a learner does:
 - ``export``       an experiment as a standalone multi-GPU accelerate job
 - ``plots``        the lab's colours and standard figures
 - ``reproducibility``  one seed for everything (for the session, or for one call)
+- ``claims``       the claims ledger: each lesson's claims, the numbers measured, the verdicts
+- ``guards``       stop a diverging run and restore its weights; hold Ctrl-C back where needed
 - ``patches``      every place labkit changes another library's internals, and why
 - ``doctor``       check the environment
 

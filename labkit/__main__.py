@@ -1,4 +1,4 @@
-"""Command line: ``python -m labkit doctor`` | ``prepare`` | ``export`` (``--help`` for each)."""
+"""Command line: ``python -m labkit doctor`` | ``prepare`` | ``claims`` | ``export`` (``--help`` for each)."""
 import argparse
 import sys
 
@@ -8,6 +8,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check the environment, one line per requirement")
     sub.add_parser("prepare", help="convert the packaged model to the safetensors cache")
+    claims = sub.add_parser("claims", help="every lesson's claims, what the notebooks measured, and the verdicts")
+    claims.add_argument("--outputs", help="the outputs/ folder to read (default: ./outputs or LABKIT_OUTPUTS)")
     export = sub.add_parser("export", help="write an experiment as a standalone multi-GPU training job")
     export.add_argument("--config", help="a TrainConfig JSON file (TrainConfig.save); default: TrainConfig()")
     export.add_argument("--model", default="smollm2-135m-instruct", help="registry name, hub id or folder")
@@ -26,6 +28,10 @@ def main(argv=None) -> int:
 
         load_model(verbose=True)
         return 0
+    if args.command == "claims":
+        from .claims import main as claims_main
+
+        return claims_main(args.outputs)
     if args.command == "export":
         from .export import main as export_main
 

@@ -37,9 +37,10 @@ def executed(tmp_path_factory):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch, chromium, executed):
+def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch, chromium, executed, tmp_path):
     monkeypatch.setenv("LABKIT_PROFILE", "smoke")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LABKIT_OUTPUTS", str(tmp_path / "outputs"))   # the claims ledger, apart from outputs/
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
@@ -47,6 +48,7 @@ def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch
     client.execute()   # raises CellExecutionError, with the cell and its traceback, on any error
     print(f"{path.name}: {time.perf_counter() - start:.1f} s in the smoke profile")
     nbformat.write(nb, executed / path.name)
+    check_ledger(path, tmp_path / "outputs")
 
     nb.metadata.pop("widgets", None)   # saved as JupyterLab saves by default: without widget state
     ARTIFACTS.mkdir(exist_ok=True)
@@ -71,6 +73,23 @@ def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch
 
 # jupyterlab-plotly draws on the output node itself (plotly 6); older versions drew inside it.
 CHART = ".jp-OutputArea-output.js-plotly-plot, .jp-OutputArea-output .js-plotly-plot"
+def check_ledger(path, outputs):
+    """Every notebook records its claims (labkit.claims) with finite numbers and a verdict."""
+    import json
+    import math
+
+    ledger = outputs / path.stem / "results.json"
+    assert ledger.exists(), f"{path.name} recorded no claims (labkit.claims.record) in {ledger}"
+    entries = json.loads(ledger.read_text())
+    assert entries, f"{ledger}: no entries"
+    for e in entries:
+        numbers = {k: v for k, v in e["measured"].items() if isinstance(v, (int, float))}
+        assert numbers, f"{path.name}: claim {e['claim']!r} has no measured number"
+        bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
+        assert not bad, f"{path.name}: claim {e['claim']!r} has non-finite numbers {bad}"
+        assert e["verdict"] and e["profile"] == "smoke"
+
+
 FIRST_CHART = """() => { const gd = document.querySelector('%s');
   if (!gd || !gd.data) return null;
   return gd.data.reduce((s, t) => s + Math.max(...['x', 'y', 'z', 'values'].map(k =>
