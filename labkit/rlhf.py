@@ -39,7 +39,7 @@ __all__ = [
     # 1. generate
     "chat", "sample_responses", "answers", "words",
     # 3. the reward model
-    "load_reward_model", "reward_input_ids", "reward_scores", "pairwise_accuracy", "reward_accuracy",
+    "load_reward_model", "reward_input_ids", "one_side_cut", "first_words", "reward_scores", "pairwise_accuracy", "reward_accuracy",
     "reward_dataset", "train_reward_model", "reward_widget",
     # 4. and 5. GRPO and DPO
     "LogRows", "optimise_policy", "train_dpo",
@@ -63,7 +63,7 @@ class RLHFConfig(ExperimentConfig):
     reward_steps: int = 30
     reward_batch_size: int = 4          # pairs per step
     reward_learning_rate: float = 1e-3
-    reward_max_length: int = 128        # longer texts are cut here, in training and in scoring
+    reward_max_length: int = 256        # longer texts are cut here, in training and in scoring
     # 4. policy optimisation (GRPO)
     policy_steps: int = 8
     policy_learning_rate: float = 3e-4
@@ -111,9 +111,9 @@ class RLHFConfig(ExperimentConfig):
         """Sizes for the profile (smoke: 1-2 steps per stage; cpu: minutes; gpu: the full lesson)."""
         P = profile
         sizes = dict(
-            reward_steps=P.pick(smoke=2, cpu=12, gpu=300),  # cpu: the loss is ~0 well before 20
+            reward_steps=P.pick(smoke=2, cpu=6, gpu=300),  # cpu: the loss is ~0.005 by step 5
             reward_batch_size=P.pick(smoke=2, cpu=4, gpu=16),
-            reward_max_length=P.pick(smoke=64, cpu=128, gpu=256),
+            reward_max_length=P.pick(smoke=64, cpu=256, gpu=256),   # cpu, gpu: every answer whole (up to 218)
             policy_steps=P.pick(smoke=1, cpu=10, gpu=200),
             prompts_per_step=P.pick(smoke=1, cpu=2, gpu=8),
             num_generations=P.pick(smoke=2, cpu=4, gpu=8),
@@ -249,15 +249,34 @@ def reward_accuracy(model, tok, pairs: list[dict], max_length: int | None = 128)
             "mean_margin": sum(margins) / len(margins), "chosen_scores": chosen, "rejected_scores": rejected}
 
 
+def one_side_cut(tok, pairs: list[dict], max_length: int) -> int:
+    """How many pairs have exactly one side longer than ``max_length`` tokens. Cut there, that side
+    loses its ending and the other keeps it: a reward model can then learn "this text was cut"
+    instead of the preference (seen in issue #22: all rejected answers cut, no chosen one)."""
+    cut = [(len(reward_input_ids(tok, p["prompt"], p["chosen"])) > max_length,
+            len(reward_input_ids(tok, p["prompt"], p["rejected"])) > max_length) for p in pairs]
+    return sum(c != r for c, r in cut)
+
+
 def reward_dataset(tok, pairs: list[dict], max_length: int):
     """Pairs tokenised the way :func:`reward_scores` reads them. TRL's ``RewardTrainer`` would
-    *drop* a pair longer than ``max_length``; cutting it keeps every pair (the long rambling
-    answers are the point)."""
+    *drop* a pair longer than ``max_length``; cutting it keeps every pair, and a warning says when
+    cutting would mark one side only (:func:`one_side_cut`)."""
     from datasets import Dataset
 
+    lopsided = one_side_cut(tok, pairs, max_length)
+    if lopsided:
+        print(f"[labkit] {lopsided} of {len(pairs)} pairs have one answer longer than reward_max_length="
+              f"{max_length} tokens and the other not: cut there, the reward model can learn to spot a cut "
+              "text instead of the preference. Raise reward_max_length to cover the longest answer.")
     return Dataset.from_list([{"chosen_ids": reward_input_ids(tok, p["prompt"], p["chosen"], max_length),
                                "rejected_ids": reward_input_ids(tok, p["prompt"], p["rejected"], max_length)}
                               for p in pairs])
+
+
+def first_words(text: str, n: int) -> str:
+    """The first ``n`` words of ``text`` (for probing what a reward model learned)."""
+    return " ".join(text.split()[:n])
 
 
 # --- what the three TRL stages share (running them is labkit.training.run_trainer) ------------

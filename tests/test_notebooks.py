@@ -2,6 +2,7 @@
 static rendering (nbconvert HTML, opened in Chromium with no kernel, no widget JavaScript and no
 network) then shows every chart with data (tests/static_html.py says how). Last, JupyterLab opens
 each executed notebook and its first chart outside a box of controls must be drawn with data."""
+import re
 import time
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch
     print(f"{path.name}: {time.perf_counter() - start:.1f} s in the smoke profile")
     nbformat.write(nb, executed / path.name)
     check_ledger(path, tmp_path / "outputs")
+    noise = [f"cell {i}: {o['text'][:80]!r}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             for o in c.outputs if o.get("output_type") == "stream" and LIBRARY_PROGRESS.search(o.get("text", ""))]
+    assert not noise, f"{path.name}: library progress output that teaches nothing:\n" + "\n".join(noise)
 
     nb.metadata.pop("widgets", None)   # saved as JupyterLab saves by default: without widget state
     ARTIFACTS.mkdir(exist_ok=True)
@@ -73,6 +77,11 @@ def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch
 
 # jupyterlab-plotly draws on the output node itself (plotly 6); older versions drew inside it.
 CHART = ".jp-OutputArea-output.js-plotly-plot, .jp-OutputArea-output .js-plotly-plot"
+# datasets' map bars and TRL's preprocessing bars (labkit.patches.quiet keeps them out)
+LIBRARY_PROGRESS = re.compile(r"Tokenizing|Dropping fully|Map( \(num_proc=\d+\))?:|Applying chat template|"
+                              r"Truncating|Extracting prompt|Adding EOS|Filter:")
+
+
 def check_ledger(path, outputs):
     """Every notebook records its claims (labkit.claims) with finite numbers and a verdict."""
     import json

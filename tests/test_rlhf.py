@@ -245,3 +245,21 @@ def test_full_logits_on_cpu_match_trls_chunked_head(stage, chunked_head_calls):
     assert len(ours) == len(trls) == 2 and {"loss"} <= set(keys)
     for a, b in zip(ours, trls):
         assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-4, abs=1e-6), stage
+
+
+def test_cutting_only_one_side_of_a_pair_is_counted_and_warned_about(capsys):
+    """Issue #22: every rejected answer (134-218 tokens) was cut at 128 and no chosen one (56-89):
+    the reward model could learn "was cut" instead of "rambles"."""
+    from labkit.rlhf import first_words, one_side_cut, reward_dataset
+    from labkit.toy import toy_tokenizer
+
+    tok = toy_tokenizer()
+    pairs = [{"prompt": "Q?", "chosen": "Short.", "rejected": "Long and rambling " * 20},
+             {"prompt": "Q?", "chosen": "Also long " * 20, "rejected": "Long and rambling " * 20}]
+    longest = max(len(rlhf.reward_input_ids(tok, p["prompt"], p[k])) for p in pairs for k in ("chosen", "rejected"))
+    assert one_side_cut(tok, pairs, 30) == 1 and one_side_cut(tok, pairs, longest) == 0
+    reward_dataset(tok, pairs, 30)
+    assert "1 of 2 pairs have one answer longer than reward_max_length=30" in capsys.readouterr().out
+    reward_dataset(tok, pairs, longest)
+    assert capsys.readouterr().out == ""
+    assert first_words("one two  three four", 2) == "one two"
