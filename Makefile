@@ -32,7 +32,7 @@ setup: $(STAMP)
 
 lab: setup
 	$(BIN)/python -m labkit prepare
-	cd notebooks && ../$(BIN)/jupyter lab --port=$(PORT) $(if $(HEADLESS),--no-browser,) \
+	cd notebooks && $(abspath $(BIN))/jupyter lab --port=$(PORT) $(if $(HEADLESS),--no-browser,) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root,) 00_start_here.ipynb
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is not used).

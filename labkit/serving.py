@@ -18,7 +18,9 @@ other adapters or notes) instead of deleting it.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shlex
 import statistics
 import time
 from fnmatch import fnmatch
@@ -148,14 +150,25 @@ def validate_adapter(path, base_model, check_name: bool = True) -> dict:
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise AdapterError(f"{weights}: missing (only safetensors adapters are loaded)")
+    r = config.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise AdapterError(f"{cfg_file}: r={r!r}; the LoRA rank must be a whole number, at least 1")
+    alpha = config.get("lora_alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise AdapterError(f"{cfg_file}: lora_alpha={alpha!r}; it must be a number")
     modules = dict(base.named_modules())
     try:
         with safe_open(str(weights), "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for a bad header
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for a bad header or a short file
         raise AdapterError(f"{weights}: cannot be read as safetensors ({e})") from None
-    if not shapes:
+    if not tensors:
         raise AdapterError(f"{weights}: contains no tensors")
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise AdapterError(f"{weights}: tensor {key} holds NaN or infinite values (a diverged training run?)")
+    shapes = {k: tuple(t.shape) for k, t in tensors.items()}
+    _check_ranks(weights, shapes, None if config.get("rank_pattern") else r)
     for key, shape in shapes.items():
         for part in (".lora_A.", ".lora_B."):
             if part not in key:
@@ -177,24 +190,101 @@ def validate_adapter(path, base_model, check_name: bool = True) -> dict:
 
 # --- loading ----------------------------------------------------------------------------------
 
+def _check_ranks(weights, shapes: dict, r: int | None) -> None:
+    """Every ``lora_A`` has its ``lora_B`` and both have rank ``r`` (A is r x in, B is out x r);
+    with ``r=None`` (a config with a ``rank_pattern``) A and B need only agree with each other."""
+    for a_end, b_end in ((".lora_A.weight", ".lora_B.weight"), (".lora_embedding_A", ".lora_embedding_B")):
+        a_keys = {k.removesuffix(a_end) for k in shapes if k.endswith(a_end)}
+        b_keys = {k.removesuffix(b_end) for k in shapes if k.endswith(b_end)}
+        lone = sorted(a_keys ^ b_keys)
+        if lone:
+            has, lacks = (a_end, b_end) if lone[0] in a_keys else (b_end, a_end)
+            raise AdapterError(f"{weights}: tensor {lone[0]}{has} has no {lacks[1:]} (LoRA needs both)")
+        for module in sorted(a_keys):
+            a, b = shapes[module + a_end], shapes[module + b_end]
+            if r is not None and (a[0], b[1]) != (r, r):
+                raise AdapterError(f"{weights}: {module}{a_end} has shape {list(a)} and {b_end[1:]} {list(b)}, "
+                                   f"not rank r={r} as {CONFIG_FILE} says (the config and the tensors disagree)")
+            if a[0] != b[1]:
+                raise AdapterError(f"{weights}: {module}{a_end} has rank {a[0]}, but {b_end[1:]} has {b[1]}")
+
+
+def check_adapter_names(model, names) -> None:
+    """Refuse names that cannot be served: empty or dotted, the reserved ``__base__``, or a name
+    already loaded on ``model``, a ``PeftModel`` (loading over it would replace that adapter)."""
+    from peft import PeftModel
+
+    loaded = set(model.peft_config) if isinstance(model, PeftModel) else set()
+    for name in names:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"adapter name {name!r}: use a non-empty name without dots, such as 'medical'")
+        if name == BASE:
+            raise ValueError(f"adapter name {BASE!r} is reserved: it means 'no adapter' in a mixed batch")
+        if name in loaded:
+            raise ValueError(f"adapter name {name!r} is already loaded on this model (loaded: {sorted(loaded)}); "
+                             "choose another name, or delete_adapter it first")
+
+
 def load_adapters(base_model, adapters: dict, check_name: bool = True):
     """Attach every adapter ``{name: folder}`` to ``base_model`` (validated first); the first one
-    is active. Returns the ``PeftModel``. Adding adapters to a ``PeftModel`` works too."""
+    is active. Returns the ``PeftModel``. Adding adapters to a ``PeftModel`` works too.
+
+    All or nothing: if PEFT still fails on one, every adapter this call added is removed again
+    and :class:`AdapterError` names the folder; ``base_model`` is left as it was."""
     from peft import PeftModel
 
     if not adapters:
         raise ValueError("adapters is empty: pass {name: folder}")
+    check_adapter_names(base_model, adapters)
     for name, folder in adapters.items():
         validate_adapter(folder, base_model, check_name=check_name)
+    before = _state(base_model)
     model = base_model
     for name, folder in adapters.items():
-        if isinstance(model, PeftModel):
-            model.load_adapter(str(folder), adapter_name=name)
-        else:
-            model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
+        try:
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(folder), adapter_name=name)
+            else:
+                model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
+        except Exception as e:
+            _restore(base_model, model, before)
+            raise AdapterError(f"{folder}: PEFT could not load adapter {name!r} ({type(e).__name__}: {e}); "
+                               "no adapter of this call was kept, the model is as it was") from e
     model.set_adapter(next(iter(adapters)))
     model.eval()
     return model
+
+
+def _state(model) -> dict:
+    """What :func:`_restore` puts back: loaded adapters, the active one, which weights train."""
+    from peft import PeftModel
+
+    return {"adapters": list(getattr(model, "peft_config", None) or ()), "peft_config": "peft_config" in vars(model),
+            "active": model.active_adapter if isinstance(model, PeftModel) else None,
+            "grad": {n: p.requires_grad for n, p in model.named_parameters()}}
+
+
+def _restore(base_model, model, before: dict) -> None:
+    """Undo a failed load: delete the adapters it added (PEFT's ``delete_adapter``) or, if
+    ``base_model`` was a plain model, put its own layers back where PEFT wrapped them."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if before["adapters"]:  # adapters were loaded before (a PeftModel, or a base wrapped by an earlier call)
+        if isinstance(model, PeftModel):
+            for name in [n for n in model.peft_config if n not in before["adapters"]]:
+                model.delete_adapter(name)
+            if before["active"]:
+                model.set_adapter(before["active"])
+    else:
+        for name, module in list(base_model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent, _, child = name.rpartition(".")
+                setattr(base_model.get_submodule(parent), child, module.get_base_layer())
+        if not before["peft_config"]:
+            vars(base_model).pop("peft_config", None)
+    for name, p in base_model.named_parameters():
+        p.requires_grad_(before["grad"].get(name, p.requires_grad))
 
 
 def load_adapter_model(base_model, path, adapter_name: str = "default", check_name: bool = True):
@@ -365,7 +455,9 @@ def find_adapters(root="outputs/adapters", names=("medical", "legal", "code")) -
 
 
 def vllm_command(base_model: str, adapters: dict, max_lora_rank: int = 16) -> str:
-    """The command that serves the same adapters with vLLM's multi-LoRA server (not run here)."""
-    modules = " ".join(f"{n}={Path(p).resolve() if os.path.exists(p) else p}" for n, p in adapters.items())
-    return (f"vllm serve {base_model} \\\n  --enable-lora \\\n  --lora-modules {modules} \\\n"
-            f"  --max-loras {len(adapters)} --max-lora-rank {max_lora_rank}")
+    """The command that serves the same adapters with vLLM's multi-LoRA server (not run here).
+    Every name and path is shell-quoted, so a folder with spaces is safe to paste."""
+    modules = " ".join(shlex.quote(f"{n}={Path(p).resolve() if os.path.exists(p) else p}")
+                       for n, p in adapters.items())
+    return (f"vllm serve {shlex.quote(str(base_model))} \\\n  --enable-lora \\\n  --lora-modules {modules} \\\n"
+            f"  --max-loras {len(adapters)} --max-lora-rank {int(max_lora_rank)}")

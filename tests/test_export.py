@@ -3,8 +3,11 @@ two-process run of the exported script."""
 import ast
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from browser_helpers import free_port
@@ -226,3 +229,121 @@ def test_exported_script_trains_in_bf16_only_where_the_gpu_has_it(fake_gpu, gpu,
     assert train.precision_for_this_gpu(requested) == expected
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
     assert train.compute_dtype({"mixed_precision": expected}) == dtypes[expected]
+
+
+# --- issue #18: the model name, a partial folder, a learner's files, quoted commands ------------
+
+def tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network, HF_HUB_OFFLINE unset: reading a hub model's config must not even be tried."""
+    import transformers
+
+    from labkit import models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(models, "_cached_on_hub_cache", lambda hub_id: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from_pretrained = transformers.AutoConfig.from_pretrained
+
+    def local_only(source, *args, **kwargs):
+        assert os.path.isdir(source), f"a download was tried: AutoConfig.from_pretrained({source!r})"
+        return from_pretrained(source, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", local_only)
+
+
+@pytest.mark.parametrize("model, message", [
+    ("smollm2-135m-instruc", "'smollm2-135m-instruc' is not a registry name .* or a hub id of the form owner/name"),
+    ("gpt-5-turbo", "'gpt-5-turbo' is not a registry name"),
+    ("./my-modle", "no such folder: ./my-modle"),
+    ("my model", "'my model' is not a registry name")])
+def test_a_made_up_model_is_refused_before_anything_is_written(offline, tmp_path, model, message):
+    out = tmp_path / "job"
+    with pytest.raises(ValueError, match=message):
+        export_job(TrainConfig(), model=model, data=MEDICAL, out_dir=out)
+    assert not out.exists()
+
+
+def test_a_hub_id_is_exported_offline_without_waiting_for_the_hub(offline, tmp_path):
+    job = export_job(TrainConfig(), model="some-org/some-model", data=MEDICAL, out_dir=tmp_path / "job")
+    assert job.job["model"] == job.job["hub_id"] == "some-org/some-model"
+
+
+def test_an_export_cut_short_leaves_no_partial_folder(toy_folder, tmp_path, monkeypatch):
+    """Out of disk while copying the data (the last file): no half-written job appears, and an
+    earlier export at the same place stays whole."""
+    import errno
+
+    out = tmp_path / "job"
+    copy2 = shutil.copy2
+
+    def disk_full_on_data(src, dst, *args, **kwargs):
+        if str(dst).endswith(".jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return copy2(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copy2", disk_full_on_data)
+        with pytest.raises(OSError, match="No space left"):
+            export_job(TrainConfig(), model=toy_folder, data=MEDICAL, out_dir=out)
+    assert os.listdir(tmp_path) == []                                 # no partial job, no temporary folder
+
+    export_job(TrainConfig(steps=7), model=toy_folder, data=MEDICAL, out_dir=out)
+    before = tree(out)
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copy2", disk_full_on_data)
+        with pytest.raises(OSError, match="No space left"):
+            export_job(TrainConfig(steps=9), model=toy_folder, data=MEDICAL, out_dir=out, overwrite=True)
+    assert tree(out) == before and os.listdir(tmp_path) == ["job"]
+
+
+def test_overwrite_replaces_an_earlier_export_but_deletes_nothing_a_learner_made(toy_folder, tmp_path):
+    out = tmp_path / "job"
+    export_job(TrainConfig(steps=7), model=toy_folder, data="instructions.jsonl", out_dir=out)
+    (out / "outputs" / "adapter").mkdir(parents=True)                 # what running the job made
+    (out / "outputs" / "adapter" / "adapter_model.safetensors").write_bytes(b"trained")
+    (out / "notes.md").write_text("ran it on 2 GPUs")
+    before = tree(out)
+    with pytest.raises(ValueError, match=r"also holds notes.md, outputs/, outputs/adapter/, .*nothing was written"):
+        export_job(TrainConfig(), model=toy_folder, data=MEDICAL, out_dir=out, overwrite=True)
+    assert tree(out) == before
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "draft.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not a job folder exported by labkit"):
+        export_job(TrainConfig(), model=toy_folder, data=MEDICAL, out_dir=mine, overwrite=True)
+    assert tree(mine) == {"draft.txt": b"mine"}
+
+    (out / "notes.md").unlink()
+    shutil.rmtree(out / "outputs")
+    export_job(TrainConfig(steps=9), model=toy_folder, data=MEDICAL, out_dir=out, overwrite=True)
+    assert json.loads((out / "job.json").read_text())["max_steps"] == 9
+    assert sorted(tree(out)) == sorted(["train.py", "job.json", "README.md", "data/medical.jsonl",
+                                        *(f"accelerate/{t}.yaml" for t in TARGETS)])
+
+
+def test_the_printed_command_is_safe_to_paste(toy_folder, tmp_path, capsys):
+    from labkit.__main__ import main
+
+    out = tmp_path / "my jobs; rm -rf ~" / "job"
+    assert main(["export", "--model", toy_folder, "--data", MEDICAL, "--out", str(out)]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("run it:"))
+    assert shlex.split(line.removeprefix("run it:"))[:3] == ["cd", str(out), "&&"]
+
+
+def test_make_lab_works_with_an_absolute_venv():
+    """``make lab VENV=/abs/path`` ran ``cd notebooks && ..//abs/path/bin/jupyter``."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parent.parent
+    venv = Path(sys.prefix)
+    plan = subprocess.run(["make", "-n", "lab", f"VENV={venv}", "HEADLESS=1"], cwd=root, capture_output=True,
+                          text=True, timeout=60).stdout
+    line = next(s for s in plan.splitlines() if "jupyter lab" in s)
+    jupyter = line.split("&&")[1].split()[0]
+    assert line.startswith("cd notebooks &&") and os.access(root / "notebooks" / jupyter, os.X_OK), line

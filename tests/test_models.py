@@ -1,5 +1,6 @@
 """Loading: the registry, the packaged offline model, its cache, 4-bit, and clear errors."""
 import json
+import re
 
 import pytest
 import torch
@@ -121,3 +122,48 @@ def test_unreachable_hub_fails_at_once_with_the_offline_model_named(monkeypatch,
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_download)
     with pytest.raises(ModelUnavailable, match="(?s)cannot be reached.*smollm2-135m-instruct"):
         load_model("smollm2-360m")
+
+
+def no_network(monkeypatch):
+    """As on a laptop without a network and without HF_HUB_OFFLINE: any download is an error."""
+    import transformers
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(models, "_cached_on_hub_cache", lambda hub_id: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"a download was tried: from_pretrained{args}")
+
+    for auto in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM", "AutoModelForSequenceClassification"):
+        monkeypatch.setattr(getattr(transformers, auto), "from_pretrained", no_download)
+
+
+@pytest.mark.parametrize("loader", ["load_tokenizer", "load_reward_model"])
+def test_tokenizer_and_reward_model_fail_at_once_offline_like_load_model(monkeypatch, loader):
+    """Issue #18: they waited for the download's time-outs (about 47 s), then raised a raw OSError."""
+    from labkit import rlhf
+
+    no_network(monkeypatch)
+    load = getattr(models, loader, None) or getattr(rlhf, loader)
+    with pytest.raises(ModelUnavailable, match=r"(?s)'smollm2-360m'.*cannot be reached.*smollm2-135m-instruct"):
+        load("smollm2-360m")
+
+
+@pytest.mark.parametrize("name", ["./my-modle", "../my-modle", "~/my-modle", "/nowhere/my-modle", "runs/a/b"])
+def test_a_path_that_is_no_folder_is_named_as_such(monkeypatch, tmp_path, name):
+    """Issue #18: ``load_model("./my-modle")`` said the name was not a valid "Repo id"."""
+    no_network(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for load in (load_model, models.load_tokenizer):
+        with pytest.raises(ValueError, match=f"^no such folder: {re.escape(name)} "):
+            load(name)
+    (tmp_path / "my-model").mkdir()
+    assert models.resolve("~/my-model") == (str(tmp_path / "my-model"), None)
+
+
+def test_a_name_that_is_no_hub_id_is_refused_with_the_registry_named(monkeypatch):
+    no_network(monkeypatch)
+    with pytest.raises(ValueError, match="'smollm2 135m' is not a registry name .*smollm2-135m-instruct"):
+        load_model("smollm2 135m")
