@@ -35,7 +35,9 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 # What PEFT's save_pretrained writes into an adapter folder (README.md is its model card).
-ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "adapter_model.bin", "README.md")
+# lab_info.json is labkit's note of how the adapter was made (save_adapter's ``info``).
+INFO_FILE = "lab_info.json"
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "adapter_model.bin", "README.md", INFO_FILE)
 # What save_pretrained writes for a full model and its tokenizer (sharded weights included).
 CHECKPOINT_FILES = ("*.safetensors", "*.json", "chat_template.jinja", "merges.txt", "tokenizer.model", "README.md")
 
@@ -66,9 +68,11 @@ def save_full(model, tokenizer, path) -> Path:
     return path
 
 
-def save_adapter(peft_model, path, adapter_name: str | None = None) -> Path:
+def save_adapter(peft_model, path, adapter_name: str | None = None, info: dict | None = None) -> Path:
     """Save one adapter (safetensors) into ``path`` itself: a new folder, or the folder of an
     earlier adapter, replaced as a whole only once the new one is complete (``labkit.files``).
+    ``info`` (JSON values: the notebook, the prompt format, the config) is saved beside it as
+    ``lab_info.json``, in the same step.
 
     Anything else at ``path`` is refused with :class:`AdapterError`, never deleted: a folder
     holding other things (sibling adapters, notes) is not this adapter's to replace."""
@@ -81,6 +85,8 @@ def save_adapter(peft_model, path, adapter_name: str | None = None) -> Path:
             for f in (new / name).iterdir():
                 f.rename(new / f.name)
             (new / name).rmdir()
+        if info is not None:
+            (new / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

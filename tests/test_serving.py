@@ -156,3 +156,16 @@ def test_save_full_replaces_a_checkpoint_and_refuses_anything_else(tmp_path):
     with pytest.raises(serving.AdapterError, match=r"work: exists and is not a model checkpoint folder"):
         serving.save_full(model, tok, tmp_path / "work")
     assert listing(tmp_path / "work") == ["draft.txt"]
+
+
+def test_save_adapter_writes_its_lab_info_in_the_same_step_and_a_rerun_replaces_it(two_adapters, tmp_path):
+    """Notebooks 05 and 07 saved with PEFT directly and then wrote lab_info.json beside it, which
+    save_adapter refused to replace on a rerun (issue #18). Now the note is part of the save."""
+    import json
+
+    model, _, _ = two_adapters
+    folder = serving.save_adapter(model, tmp_path / "notes", "medical", info={"notebook": "05", "run": 1})
+    assert json.loads((folder / serving.INFO_FILE).read_text()) == {"notebook": "05", "run": 1}
+    serving.save_adapter(model, folder, "medical", info={"notebook": "05", "run": 2})   # a rerun
+    assert json.loads((folder / serving.INFO_FILE).read_text())["run"] == 2
+    assert serving.load_adapters(toy_model()[0], {"medical": folder}) is not None
