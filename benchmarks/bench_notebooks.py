@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/bench_notebooks.py --profiles smoke cpu [--only 01 02]
 
 Goal: every notebook at most 5 minutes in the cpu profile on a 2-core laptop.
+
+The notebooks' claims ledgers (``labkit.claims``) are collected in a folder of their own, one per
+profile, and the last profile's ledger is written into ``benchmarks/RESULTS.md`` as "Claims
+ledger (<profile>)": every lesson's claims, what this run measured, and the verdicts.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +36,9 @@ def _alarm(signum, frame):
     raise TooLong
 
 
-def run(path: Path, profile: str, limit_s: int) -> tuple[float, str]:
+def run(path: Path, profile: str, limit_s: int, outputs: Path) -> tuple[float, str]:
     os.environ["LABKIT_PROFILE"] = profile
+    os.environ["LABKIT_OUTPUTS"] = str(outputs)   # the claims ledger of this profile
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     signal.signal(signal.SIGALRM, _alarm)
@@ -60,10 +66,11 @@ def main():
     if args.only:
         paths = [p for p in paths if p.name[:2] in args.only]
     rows = []
+    ledgers = {p: Path(tempfile.mkdtemp(prefix=f"labkit-claims-{p}-")) for p in args.profiles}
     for path in paths:
         row = {"notebook": path.stem}
         for profile in args.profiles:
-            secs, status = run(path, profile, args.limit_s)
+            secs, status = run(path, profile, args.limit_s, ledgers[profile])
             row[f"{profile} (s)"] = round(secs, 1)
             row[f"{profile} within goal"] = "yes" if secs <= GOAL_S[profile] and status == "ok" else f"NO ({status})"
             print(f"{path.stem} [{profile}]: {secs:.1f} s {status}", flush=True)
@@ -72,6 +79,13 @@ def main():
             f"(model cache warm). Goals: smoke <= {GOAL_S['smoke']} s, cpu <= {GOAL_S['cpu']} s.\n\n{table(rows)}")
     print(body)
     write_section("Notebook wall time" + ("" if not args.only else f" ({' '.join(args.only)})"), body)
+    from labkit import claims
+
+    last = args.profiles[-1]
+    ledger = (f"Measured {machine()}, profile `{last}`, by `benchmarks/bench_notebooks.py` (each notebook's last "
+              f"cell, `labkit.claims`; seeds as in each notebook's config).\n\n{claims.markdown(ledgers[last])}")
+    print(ledger)
+    write_section(f"Claims ledger ({last})" + ("" if not args.only else f" ({' '.join(args.only)})"), ledger)
 
 
 if __name__ == "__main__":
