@@ -71,7 +71,7 @@ def wrap_linears(model: nn.Module, target_modules, r: int = 8, alpha: float = 16
 
 @dataclass(frozen=True)
 class ArchShape:
-    """The shape of a Llama-style decoder: all a parameter count needs."""
+    """The shape of a Llama-style decoder: all a parameter count (and the memory calculator) needs."""
     name: str
     hidden: int
     intermediate: int
@@ -81,7 +81,12 @@ class ArchShape:
     vocab: int
     tied_embeddings: bool = False
     head_dim: int | None = None     # None: hidden // heads
-    mlp: str = "gated"              # "gated" (Llama: gate, up, down) or "plain" (GPT: up, down)
+    mlp: str = "gated"              # "gated" (Llama's SwiGLU: gate, up, down) or "plain" (GPT's GeLU: up, down)
+    qkv_bias: bool = False          # biases on q, k, v (Qwen2); Llama and Mistral have none
+
+    def __post_init__(self):
+        if self.mlp not in ("gated", "plain"):
+            raise ValueError(f"mlp={self.mlp!r}: choose 'gated' (gate, up, down) or 'plain' (up, down)")
 
     @property
     def head_size(self) -> int:
@@ -91,17 +96,30 @@ class ArchShape:
         return asdict(self)
 
 
-# Published shapes, from each model's config.json on the Hugging Face hub (meta-llama/Llama-2-7b-hf,
-# Llama-2-13b-hf, Llama-2-70b-hf, Meta-Llama-3-8B, huggyllama/llama-65b, HuggingFaceTB/SmolLM2-135M)
-# and, for GPT-3, Table 2.1 of Brown et al. 2020 (arXiv:2005.14165). Totals are computed from them.
+# Published shapes, from each model's config.json on the Hugging Face hub: HuggingFaceTB/SmolLM2-135M
+# and SmolLM2-360M, Qwen/Qwen2.5-0.5B (the lab's registry models; their -Instruct versions share the
+# shape), meta-llama/Llama-3.2-1B and -3B, Llama-2-7b-hf, -13b-hf, -70b-hf, Meta-Llama-3-8B and -70B,
+# mistralai/Mistral-7B-v0.1, codellama/CodeLlama-34b-hf, huggyllama/llama-65b; and, for GPT-3,
+# Table 2.1 of Brown et al. 2020 (arXiv:2005.14165). Totals are computed from them.
 ARCHITECTURES = {a.name: a for a in [
     ArchShape("smollm2-135m", hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3,
               vocab=49152, tied_embeddings=True),
+    ArchShape("smollm2-360m", hidden=960, intermediate=2560, layers=32, heads=15, kv_heads=5,
+              vocab=49152, tied_embeddings=True),
+    ArchShape("qwen2.5-0.5b", hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2,
+              vocab=151936, tied_embeddings=True, qkv_bias=True),
+    ArchShape("llama-3.2-1b", hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8,
+              vocab=128256, tied_embeddings=True),
+    ArchShape("llama-3.2-3b", hidden=3072, intermediate=8192, layers=28, heads=24, kv_heads=8,
+              vocab=128256, tied_embeddings=True),
     ArchShape("llama-2-7b", hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000),
+    ArchShape("mistral-7b", hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=32000),
     ArchShape("llama-3-8b", hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256),
     ArchShape("llama-2-13b", hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40, vocab=32000),
+    ArchShape("codellama-34b", hidden=8192, intermediate=22016, layers=48, heads=64, kv_heads=8, vocab=32000),
     ArchShape("llama-65b", hidden=8192, intermediate=22016, layers=80, heads=64, kv_heads=64, vocab=32000),
     ArchShape("llama-2-70b", hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8, vocab=32000),
+    ArchShape("llama-3-70b", hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8, vocab=128256),
     ArchShape("gpt-3-175b", hidden=12288, intermediate=4 * 12288, layers=96, heads=96, kv_heads=96,
               vocab=50257, tied_embeddings=True, mlp="plain"),
 ]}
@@ -127,12 +145,20 @@ def linear_shapes(arch: ArchShape) -> dict[str, tuple[int, int]]:
     return shapes
 
 
+def block_linear_parameter_count(arch: ArchShape) -> int:
+    """The weights of every block's linear layers (no biases): what bitsandbytes quantises when a
+    model is loaded in 4 or 8 bits (embeddings, the output head and the norms stay unquantised)."""
+    return arch.layers * sum(i * o for i, o in linear_shapes(arch).values())
+
+
 def total_parameter_count(arch: ArchShape) -> int:
-    """All parameters: embeddings (+ output head unless tied), per block the linear layers and
-    two norms, and the final norm (Llama has no biases; GPT-3's few biases are left out)."""
-    per_block = sum(i * o for i, o in linear_shapes(arch).values()) + 2 * arch.hidden
+    """All parameters: embeddings (+ output head unless tied), per block the linear layers, the
+    q/k/v biases where the model has them, and two norms, then the final norm (Llama has no
+    biases; GPT-3's few biases are left out)."""
+    kv = arch.kv_heads * arch.head_size
+    biases = (arch.heads * arch.head_size + 2 * kv) if arch.qkv_bias else 0
     embeddings = arch.vocab * arch.hidden * (1 if arch.tied_embeddings else 2)
-    return embeddings + arch.layers * per_block + arch.hidden
+    return embeddings + block_linear_parameter_count(arch) + arch.layers * (biases + 2 * arch.hidden) + arch.hidden
 
 
 def _targets(target_modules) -> tuple[str, ...]:
@@ -174,12 +200,14 @@ def lora_table(r: int = 8, target_modules="all-linear", archs=None):
 
 
 def arch_from_config(config, name: str = "model") -> ArchShape:
-    """The :class:`ArchShape` of a transformers Llama-style config."""
+    """The :class:`ArchShape` of a transformers Llama-style config (Llama, Mistral, Qwen2: a gated
+    MLP; Qwen2 adds biases to q, k and v)."""
     return ArchShape(name, hidden=config.hidden_size, intermediate=config.intermediate_size,
                      layers=config.num_hidden_layers, heads=config.num_attention_heads,
                      kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
                      vocab=config.vocab_size, tied_embeddings=bool(config.tie_word_embeddings),
-                     head_dim=getattr(config, "head_dim", None))
+                     head_dim=getattr(config, "head_dim", None),
+                     qkv_bias=getattr(config, "model_type", "") == "qwen2")
 
 
 def rank_widget(arch: ArchShape | None = None, r: int = 8, alpha: int = 16, target_modules="all-linear"):

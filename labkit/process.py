@@ -1,13 +1,15 @@
 """The fine-tuning process: choose the method, score on held-out data, run a small grid.
 
-    recommend(gpu_gb=24, model_params=7e9, quality="good enough", variants=3)
+    recommend(gpu_gb=24, model="llama-2-7b", quality="good enough", variants=3)
         -> Recommendation(method="lora", reasons=[...], estimates={...})
     decision_widget()                        # the same with controls and a chart
     reply_loss(model, tok, heldout_records)  # mean loss on the assistant's replies only
     run_grid({"learning_rate": [1e-4, 3e-4], "lora_r": [4, 16]}, run_one)  # results table
 
-``recommend`` is built on :mod:`labkit.calculator` (the memory of each method) plus the rules of
-thumb of the lesson:
+``recommend`` is built on :mod:`labkit.calculator` (the memory of each method, from the model's
+real architecture: a name from ``labkit.lora.ARCHITECTURES``, a registry name or hub id, or an
+``ArchShape``; a bare parameter count only gets an assumed Llama-like shape, and the reasons say
+so) plus the rules of thumb of the lesson:
 
 1. Only methods whose estimated memory fits the GPU are candidates.
 2. Several variants of one model favour adapters: one base in memory serves them all, and each
@@ -42,36 +44,45 @@ class Recommendation:
         return head + "\n" + "\n".join(f"- {r}" for r in self.reasons)
 
 
-def recommend(gpu_gb: float, model_params: float, quality: str = "good enough", variants: int = 1,
+def recommend(gpu_gb: float, model, quality: str = "good enough", variants: int = 1,
               seq_len: int = 512, batch: int = 4, gradient_checkpointing: bool = True) -> Recommendation:
-    """Full, LoRA or QLoRA for this GPU, model size (parameters), quality need and number of
-    variants to serve, with the reasons (see the module docstring for the rules)."""
+    """Full, LoRA or QLoRA for a GPU of ``gpu_gb`` GiB, ``model`` (an architecture name such as
+    "llama-2-7b", an ``ArchShape``, or a bare parameter count), the quality need and the number
+    of variants to serve, with the reasons (see the module docstring for the rules). The
+    estimates use the dtypes the libraries allocate: full fine-tuning in bf16 with fp32 master
+    weights (16 bytes a parameter with AdamW), LoRA on a bf16 base with fp32 adapters, QLoRA on
+    NF4 blocks (see :func:`labkit.calculator.estimate`)."""
     if quality not in QUALITY:
         raise ValueError(f"quality={quality!r}: choose one of {QUALITY}")
     if not isinstance(variants, int) or variants < 1:
         raise ValueError(f"variants={variants!r}: must be a whole number of at least 1")
     if gpu_gb <= 0:
         raise ValueError(f"gpu_gb={gpu_gb!r}: must be > 0")
-    kw = dict(seq_len=seq_len, batch=batch, gradient_checkpointing=gradient_checkpointing)
-    est = {"full": calculator.estimate(model_params, method="full", weight_dtype="bf16",
-                                       master_weights=True, **kw),
-           "lora": calculator.estimate(model_params, method="lora", **kw),
-           "qlora": calculator.estimate(model_params, method="qlora", **kw)}
+    kw = dict(seq_len=seq_len, batch=batch, gradient_checkpointing=gradient_checkpointing, weight_dtype="bf16")
+    est = {m: calculator.estimate(model, method=m, **kw) for m in CANDIDATES}
     gib = {m: b.total_gb for m, b in est.items()}
     fit = {m: calculator.fits(b, gpu_gb) for m, b in est.items()}
-    reasons = [f"estimated training memory (seq {seq_len}, batch {batch}): "
+    lora = est["lora"]
+    arch = lora.arch
+    n = lora.total_params
+    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+    reasons = [lora.shape_note or (f"{arch.name}: {size} parameters, {arch.layers} layers x {arch.hidden} hidden "
+                                   "(its published config)"),
+               f"estimated training memory (seq {seq_len}, batch {batch}"
+               + (", gradient checkpointing" if gradient_checkpointing else "") + "): "
                + ", ".join(f"{m} {gib[m]:.1f} GiB ({'fits' if fit[m] else 'too big'})" for m in CANDIDATES)
-               + f" on a {gpu_gb:g} GiB GPU"]
+               + f" on a {gpu_gb:.1f} GiB GPU"]
     if not any(fit.values()):
         reasons.append("nothing fits: use a smaller model, shorter sequences, a smaller batch, "
                        "or more GPUs")
         return Recommendation(None, reasons, gib)
-    full_copy_gb = model_params * 2 / 2**30
-    adapter_gb = est["lora"].trainable_params * 2 / 2**30
+    full_copy_gb = lora.total_params * 2 / calculator.GIB       # a fine-tuned copy saved in bf16
+    adapter_mib = lora.adapter_size / 2**20                      # PEFT saves the fp32 adapter
     if variants > 1:
-        reasons.append(f"{variants} variants: as full copies {variants * full_copy_gb:.1f} GiB of weights "
-                       f"to store and load; as adapters one base ({full_copy_gb:.1f} GiB) plus "
-                       f"{variants} x {adapter_gb * 1024:.0f} MiB, and one server switches between them")
+        reasons.append(f"{variants} variants: as full copies (bf16) {variants * full_copy_gb:.1f} GiB of weights "
+                       f"to store and load; as LoRA adapters (r={lora.inputs['r']}, fp32 as PEFT saves them) "
+                       f"one base ({full_copy_gb:.1f} GiB) plus {variants} x {adapter_mib:.0f} MiB, and one "
+                       "server switches between them")
     if quality == "highest" and fit["full"] and variants <= 2:
         reasons.append("highest quality needed and full fine-tuning fits: it can change every weight")
         return Recommendation("full", reasons, gib)
@@ -84,20 +95,22 @@ def recommend(gpu_gb: float, model_params: float, quality: str = "good enough", 
             why += "; full fine-tuning does not fit"
         reasons.append(why)
         return Recommendation("lora", reasons, gib)
-    reasons.append("only QLoRA fits: the base is stored in 4 bits (NF4), which costs a little "
-                   "quality but makes the model fit")
+    reasons.append("only QLoRA fits: the base's linear layers are stored in 4 bits (NF4), which costs a "
+                   "little quality but makes the model fit")
     return Recommendation("qlora", reasons, gib)
 
 
-MODEL_SIZES = {"SmolLM2-135M": 0.135e9, "Qwen2.5-0.5B": 0.5e9, "1B": 1e9, "3B": 3e9, "7B": 7e9,
-               "13B": 13e9, "34B": 34e9, "70B": 70e9}
+# The models the decision widget offers: each a real architecture (labkit.lora.ARCHITECTURES).
+MODELS = ("smollm2-135m", "smollm2-360m", "qwen2.5-0.5b", "llama-3.2-1b", "llama-3.2-3b", "llama-2-7b",
+          "mistral-7b", "llama-3-8b", "llama-2-13b", "codellama-34b", "llama-2-70b", "llama-3-70b")
 
 
-def decision_widget(gpu: str = "T4 (16 GB)", model: str = "7B", quality: str = "good enough",
+def decision_widget(gpu: str = "T4", model: str = "llama-2-7b", quality: str = "good enough",
                     variants: int = 1):
-    """Controls (GPU, model size, quality need, variants) and a bar chart of each method's memory
-    against the GPU, titled with the recommendation. Returns an object with ``.controls``,
-    ``.figure``, ``.recommendation``, ``.reasons`` (an HTML widget) and ``.widget``."""
+    """Controls (GPU: a short name such as "T4" or a ``calculator.GPUS`` key; model: one of
+    ``MODELS``; quality need; variants) and a bar chart of each method's memory against the GPU,
+    titled with the recommendation. Returns an object with ``.controls``, ``.figure``,
+    ``.recommendation``, ``.reasons`` (an HTML widget) and ``.widget``."""
     import ipywidgets as W
 
     from .plots import COLORS
@@ -107,22 +120,23 @@ def decision_widget(gpu: str = "T4 (16 GB)", model: str = "7B", quality: str = "
 
     self = DecisionWidget()
     self.controls = {
-        "gpu": W.Dropdown(options=list(calculator.GPUS), value=gpu, description="GPU"),
-        "model": W.Dropdown(options=list(MODEL_SIZES), value=model, description="model"),
+        "gpu": W.Dropdown(options=list(calculator.GPUS), value=gpu if gpu in calculator.GPUS
+                          else calculator.gpu_label(gpu), description="GPU"),
+        "model": W.Dropdown(options=list(MODELS), value=model, description="model"),
         "quality": W.ToggleButtons(options=list(QUALITY), value=quality, description="quality"),
         "variants": W.IntSlider(value=variants, min=1, max=20, description="variants"),
     }
     self.figure = lab_layout(LabFigure(), 380, top=70, xaxis_title="method",
                              yaxis_title="estimated training memory (GiB)", showlegend=False)
     self.figure.add_bar(x=list(CANDIDATES), y=[0, 0, 0], marker_color=[COLORS[m] for m in CANDIDATES])
-    self.figure.add_scatter(x=list(CANDIDATES), y=[0, 0, 0], mode="lines", name="GPU memory",
+    self.figure.add_scatter(x=list(CANDIDATES), y=[0, 0, 0], mode="lines", name="GPU memory (GiB)",
                             line=dict(color="black", dash="dash"))
     self.reasons = W.HTML()
 
     def update(*_):
         c = {k: w.value for k, w in self.controls.items()}
         gpu_gb = calculator.GPUS[c["gpu"]]
-        rec = recommend(gpu_gb, MODEL_SIZES[c["model"]], c["quality"], c["variants"])
+        rec = recommend(gpu_gb, c["model"], c["quality"], c["variants"])
         self.recommendation = rec
         with self.figure.batch_update():
             self.figure.data[0].y = [rec.estimates[m] for m in CANDIDATES]

@@ -1,33 +1,64 @@
 """The decision helper, the held-out reply loss and the grid runner."""
 import pytest
 
-from labkit import process
+from labkit import calculator, lora, process
 from labkit.toy import toy_model
 
 
 def test_recommend_follows_the_rules():
-    assert process.recommend(24, 0.135e9, "highest", 1).method == "full"      # fits, quality first
-    assert process.recommend(24, 0.135e9, "highest", 10).method == "lora"     # many variants
-    assert process.recommend(16, 7e9, "good enough", 1).method == "lora"
-    assert process.recommend(16, 13e9, "good enough", 1).method == "qlora"    # only 4-bit fits
-    none = process.recommend(16, 70e9, "good enough", 1)
+    t4, rtx, a100 = (calculator.GPUS[calculator.gpu_label(g)] for g in ("T4", "RTX 4090", "A100-80"))
+    assert process.recommend(rtx, "smollm2-135m", "highest", 1).method == "full"    # fits, quality first
+    assert process.recommend(rtx, "smollm2-135m", "highest", 10).method == "lora"   # many variants
+    assert process.recommend(rtx, "llama-2-7b", "good enough", 1).method == "lora"
+    assert process.recommend(t4, "llama-2-7b", "good enough", 1).method == "qlora"  # a 16-bit 7B base is too big
+    assert process.recommend(t4, "llama-2-13b", "good enough", 1).method == "qlora"
+    none = process.recommend(t4, "llama-2-70b", "good enough", 1)
     assert none.method is None and "nothing fits" in none.text()
-    rec = process.recommend(80, 7e9, "good enough", 5)
+    rec = process.recommend(a100, "llama-2-7b", "good enough", 5)
     assert any("5 variants" in r for r in rec.reasons) and set(rec.estimates) == {"full", "lora", "qlora"}
+    assert "GiB" in rec.reasons[1] and "GiB" in rec.reasons[2] and " GB" not in rec.text()
     with pytest.raises(ValueError, match="quality"):
-        process.recommend(16, 7e9, "perfect")
+        process.recommend(16, "llama-2-7b", "perfect")
     with pytest.raises(ValueError, match="variants"):
-        process.recommend(16, 7e9, variants=0)
+        process.recommend(16, "llama-2-7b", variants=0)
+    with pytest.raises(ValueError, match="model"):
+        process.recommend(16, "llama-9-7b")
+
+
+def test_recommend_uses_the_real_architecture():
+    """A named model gets its published shape (SmolLM2-135M: 30 layers x 576, not the 9 x 1088 a
+    parameter count suggests), so the adapter it prices is the one PEFT builds; a bare count says
+    that its shape was assumed."""
+    arch = lora.ARCHITECTURES["smollm2-135m"]
+    rec = process.recommend(24, "SmolLM2-135M-Instruct", "good enough", 3)
+    assert "30 layers x 576 hidden" in rec.reasons[0]
+    trainable = lora.lora_parameter_count(arch, 16, "all-linear")
+    assert f"3 x {trainable * 4 / 2**20:.0f} MiB" in rec.text()     # fp32 adapters, as PEFT saves them
+    guessed = process.recommend(24, 0.135e9, "good enough", 3)
+    assert "shape assumed" in guessed.reasons[0]
+    assert trainable / calculator.estimate(0.135e9, "lora", r=16).trainable_params > 1.5   # the guess priced
+
+
+@pytest.mark.model
+def test_registry_shape_is_the_loaded_models_config(real_model):
+    model, _ = real_model
+    from_config = lora.arch_from_config(model.config, "smollm2-135m")
+    used = process.recommend(24, "smollm2-135m-instruct").reasons[0]
+    assert calculator.resolve_arch("smollm2-135m-instruct") == lora.ArchShape(
+        **{**from_config.to_dict(), "head_dim": None})
+    assert f"{from_config.layers} layers x {from_config.hidden} hidden" in used
 
 
 def test_decision_widget_redraws_from_its_controls():
-    w = process.decision_widget(gpu="T4 (16 GB)", model="7B")
+    w = process.decision_widget(gpu="T4", model="llama-2-7b")
     before = (w.figure.layout.title.text, tuple(w.figure.data[0].y))
-    w.controls["model"].value = "13B"
     assert w.recommendation.method == "qlora" and "QLORA" in w.figure.layout.title.text
+    w.controls["model"].value = "llama-3.2-1b"
+    assert w.recommendation.method == "lora"
     assert tuple(w.figure.data[0].y) != before[1]
-    w.controls["gpu"].value = "H200 (141 GB)"
-    assert w.figure.data[1].y[0] == 141
+    w.controls["gpu"].value = calculator.gpu_label("H200")
+    assert w.figure.data[1].y[0] == calculator.GPUS["H200 (140.4 GiB)"]
+    assert set(process.MODELS) <= set(lora.ARCHITECTURES)
 
 
 def test_reply_loss_counts_only_replies(reply_nll):
