@@ -31,7 +31,8 @@ def write_section(name: str, body: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each section names the machine and date it was measured on.\n"
     section = f"## {name}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    text = (pattern.sub(lambda _: section + "\n", text) if pattern.search(text)   # the body as is, backslashes too
+            else text.rstrip() + "\n\n" + section)
     RESULTS.write_text(text)
 
 

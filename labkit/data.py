@@ -160,6 +160,8 @@ def read_jsonl(path, format: str | None = None) -> list[dict]:
     path = data_path(path)
     if format is not None and format not in REQUIRED_FIELDS:
         raise ValueError(f"format={format!r} is not one of {list(REQUIRED_FIELDS)}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a .jsonl file in it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     records = []
@@ -205,6 +207,8 @@ def write_jsonl(path, records, format: str | None = None) -> Path:
     """Validate records and write them atomically (``labkit.files``: a crash never leaves half
     a file, and the earlier file stays until the new one is complete)."""
     path, records = Path(path), list(records)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name such as {path / 'data.jsonl'}")
     for i, r in enumerate(records, start=1):
         fmt = format or detect_format(r)
         problem = check_record(r, fmt)

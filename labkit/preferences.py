@@ -80,6 +80,8 @@ def append_preferences(path, judgements) -> int:
     ``labkit.files.Busy`` after a few seconds), and it is replaced atomically."""
     path = Path(path)
     _not_a_folder(path)   # before the lock file is made beside it
+    if isinstance(judgements, dict):
+        raise ValueError("judgements: give a list of judgements (dicts), e.g. [judgement], not one dict")
     checked = []
     for i, j in enumerate(judgements, start=1):
         j = dict(_checked(j, f"judgement {i}"))

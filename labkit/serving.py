@@ -77,6 +77,9 @@ def save_adapter(peft_model, path, adapter_name: str | None = None, info: dict |
     Anything else at ``path`` is refused with :class:`AdapterError`, never deleted: a folder
     holding other things (sibling adapters, notes) is not this adapter's to replace."""
     path = Path(path)
+    if not hasattr(peft_model, "peft_config"):
+        raise AdapterError(f"{path}: this model has no adapter to save (a full fine-tune is saved whole: "
+                           "serving.save_full(model, tokenizer, path))")
     name = adapter_name or peft_model.active_adapter
     refuse_to_replace(path, CONFIG_FILE, ADAPTER_FILES, "an adapter", suggestion=path / name)
     with files.replacing_folder(path) as new:

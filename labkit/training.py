@@ -69,7 +69,17 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path):
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a config written by :meth:`save`; a file that is not one is named in the error."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a {cls.__name__} JSON file ({e})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: not a {cls.__name__} JSON file (expected an object)")
+        try:
+            return cls.from_dict(values)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 def is_whole(value, minimum: int = 1) -> bool:

@@ -237,3 +237,26 @@ def test_the_real_cache_cut_short_is_found_and_rebuilt(tmp_path, monkeypatch, ca
     assert f"the model cache {folder} is damaged" in capsys.readouterr().out
     assert models.cache_problem(folder) is None and 134e6 < models.count_parameters(model) < 135e6
     assert names(folder.parent) == {folder.name}
+
+
+def test_the_unclear_errors_the_reliability_script_found_now_name_the_culprit(tmp_path):
+    """benchmarks/bench_reliability.py found five unclear errors (issue #18); each now says what is wrong."""
+    from labkit import preferences, serving
+    from labkit.data import read_jsonl, write_jsonl
+    from labkit.toy import toy_model
+    from labkit.training import TrainConfig
+
+    folder = tmp_path / "my_data"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="my_data is a folder"):
+        read_jsonl(folder)
+    with pytest.raises(ValueError, match="my_data is a folder"):
+        write_jsonl(folder, [{"text": "a"}])
+    (tmp_path / "cfg.json").write_text("")
+    with pytest.raises(ValueError, match=r"cfg.json: not a TrainConfig JSON file"):
+        TrainConfig.load(tmp_path / "cfg.json")
+    with pytest.raises(ValueError, match="give a list of judgements"):
+        preferences.append_preferences(tmp_path / "p.jsonl", {"prompt": "p", "chosen": "a", "rejected": "b"})
+    with pytest.raises(serving.AdapterError, match="no adapter to save.*save_full"):
+        serving.save_adapter(toy_model()[0], tmp_path / "adapter")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "my_data"]
