@@ -9,6 +9,7 @@ Organised by what a learner does:
 - ``probes``       fixed knowledge and word-sense probes, scored before and after tuning
 - ``weights``      where the weights sit, how much they moved, and the spectrum of the change
 - ``widgets``      the prompt explorer and the fine-tune-and-compare widget
+- ``experiment``   every knob of an experiment in one JSON object, the seed included
 - ``training``     fine-tune (full, LoRA, DoRA, QLoRA) with a live loss curve and a history
 - ``learning_rate``  step sizes: a toy surface, learning-rate sweeps, schedules, update sizes
 - ``forgetting``   catastrophic forgetting: before/after probes, replay, the trade-off frontier
@@ -26,6 +27,8 @@ Organised by what a learner does:
 - ``cleaning``     data preparation: duplicates, lengths, formats, the chat template, noise
 - ``process``      choosing an approach, validation and early stopping, hyperparameter grids
 - ``serving``      adapters on disk, hot-swapping, mixed-adapter batches, merging
+- ``model_card``   what a saved adapter says: its base's hub id, the dequantised base, a model card
+- ``gguf_export``  a merged model as GGUF for llama.cpp and Ollama (with a Modelfile), checked by reading it back
 - ``export``       an experiment as a standalone multi-GPU accelerate job
 - ``plots``        the lab's colours and standard figures
 - ``reproducibility``  one seed for everything (for the session, or for one call)
@@ -36,6 +39,7 @@ Organised by what a learner does:
 
 Importing labkit changes no environment variable, warning filter or log level.
 """
+from .experiment import Experiment
 from .data import data_path, load_jsonl, read_jsonl, train_val_split
 from .models import OFFLINE_MODEL, REGISTRY, load_model, load_tokenizer
 from .predictions import (continuation_prob, generate, next_token_distribution,
@@ -45,6 +49,6 @@ from .reproducibility import set_seed
 from .training import TrainConfig, train
 
 __version__ = "0.1.0"
-__all__ = ["OFFLINE_MODEL", "REGISTRY", "TrainConfig", "continuation_prob", "data_path", "generate",
+__all__ = ["Experiment", "OFFLINE_MODEL", "REGISTRY", "TrainConfig", "continuation_prob", "data_path", "generate",
            "load_jsonl", "load_model", "load_tokenizer", "next_token_distribution", "perplexity",
            "profile", "read_jsonl", "set_seed", "train", "train_val_split"]

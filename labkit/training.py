@@ -19,16 +19,15 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import TrainerCallback
 
-from . import files
 from .guards import DivergenceGuard, interrupts_deferred
 from .memory import PeakMemory
 from .patches import NonFiniteLoss, guarded, quiet
+from .experiment import ExperimentConfig
 from .profiles import profile as get_profile
 from .reproducibility import seeded
 from .plots import LabFigure, lab_layout
@@ -40,47 +39,6 @@ TRAINING_FORMATS = ("text", "messages", "prompt_completion")
 
 
 # --- experiment configs -----------------------------------------------------------------------
-
-class ExperimentConfig:
-    """What every experiment config shares (:class:`TrainConfig`, ``labkit.rlhf.RLHFConfig``): a
-    dataclass of JSON values, the seed among them, written out with :meth:`to_dict` or :meth:`save`
-    and read back with :meth:`from_dict` or :meth:`load`. Its ``validate()`` raises a ``ValueError``
-    that names the first bad field (``learning_rate=0: must be a positive number``), through
-    :meth:`require`, and returns the config."""
-
-    def require(self, ok: bool, name: str, why: str) -> None:
-        """Raise ``ValueError("name=value: why")`` unless ``ok``."""
-        if not ok:
-            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict):
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}")
-        return cls(**values)
-
-    def save(self, path) -> Path:
-        """Write the config as JSON, atomically (``labkit.files``)."""
-        return files.write_text(path, json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, path):
-        """Read a config written by :meth:`save`; a file that is not one is named in the error."""
-        try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a {cls.__name__} JSON file ({e})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: not a {cls.__name__} JSON file (expected an object)")
-        try:
-            return cls.from_dict(values)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-
 
 def is_whole(value, minimum: int = 1) -> bool:
     """A whole number (``True`` does not count) of at least ``minimum``."""
@@ -466,12 +424,20 @@ def sft_config(cfg: TrainConfig, output_dir: str, has_eval: bool, device: str):
 
 
 def unwrap(model):
-    """Undo what ``accelerate`` did to ``model.forward`` for mixed-precision training (an autocast
-    wrapper it leaves in place), so that "after" numbers are computed in the model's own precision,
-    like the "before" ones. Returns the model, in eval mode."""
+    """Make a trained model ready to use again. Undo what ``accelerate`` did to ``model.forward``
+    for mixed-precision training (an autocast wrapper it leaves in place), so that "after" numbers
+    are computed in the model's own precision, like the "before" ones; and what TRL's trainers
+    switch on for training: gradient checkpointing, and ``use_cache=False``, with which every
+    generated token would recompute the whole text. Returns the model, in eval mode."""
     from accelerate.utils import extract_model_from_parallel
 
-    return extract_model_from_parallel(model, keep_fp32_wrapper=False).eval()
+    model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
+    for settings in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        if getattr(settings, "use_cache", None) is False:
+            settings.use_cache = True
+    return model.eval()
 
 
 def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict | None = None,

@@ -38,6 +38,7 @@ def test_full_training_lowers_the_loss_and_records_a_history(toy, toy_text):
     for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "peak_memory_mb"):
         assert all(r[key] is not None and math.isfinite(r[key]) for r in h.rows), key
     assert h.peak_memory_mb > 0 and h.config["method"] == "full"
+    assert not result.model.is_gradient_checkpointing and result.model.config.use_cache   # ready to generate
 
 
 def test_lora_trains_only_adapters(toy, toy_text):
