@@ -3,7 +3,10 @@
 - ``descent_path`` / ``SurfaceExplorer`` / ``regimes_animation``: gradient descent on a two-parameter
   loss surface (numpy, instant): too small crawls, right converges, too big oscillates or diverges.
 - ``lr_sweep``: the same question on the real model, one fresh model per learning rate, every loss
-  curve drawn into one figure as it trains; divergence is detected and named in the legend.
+  curve drawn into one figure as it trains; divergence is detected and named in the legend. With
+  ``heldout`` texts each run is also scored on the same unseen texts before and after, the fair
+  comparison (a training batch's loss moves with which texts the batch drew), drawn by
+  ``heldout_figure``.
 - ``schedule_curves`` / ``ScheduleExplorer``: warmup and decay, read from the very scheduler objects
   (``transformers.get_scheduler``) that the Trainer uses.
 - ``UpdateSizeCallback``: the measured relative size of each step's change, |ΔW| / |W|, per weight.
@@ -209,13 +212,34 @@ def rate_color(i: int, n: int) -> str:
     return plotly.colors.sample_colorscale("Plasma", [0.85 * i / max(1, n - 1)])[0]
 
 
+def heldout_losses(model, tok, texts: list[str], max_length: int) -> list[float]:
+    """Mean next-token loss (nats/token) of each text: the same unseen texts for every run. A
+    non-finite loss (a broken model) is kept as ``inf``."""
+    from .predictions import perplexity
+
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            try:
+                out.append(math.log(perplexity(model, tok, [text], max_length=max_length)))
+            except (OverflowError, ValueError):
+                out.append(float("inf"))
+    return [x if math.isfinite(x) else float("inf") for x in out]
+
+
 def lr_sweep(load, train_data, learning_rates, plot: SweepPlot | None = None, factor: float = 1.5,
-             stop_early: bool = True, measure_updates: bool = False, **train_kwargs) -> list[dict]:
+             stop_early: bool = True, measure_updates: bool = False, heldout: list[str] | None = None,
+             **train_kwargs) -> list[dict]:
     """Fine-tune a fresh model (``load()`` -> (model, tok)) at each learning rate with
     ``labkit.train(**train_kwargs)``; return one row per rate (losses, divergence step, config,
     and with ``measure_updates`` the per-step relative update of every weight). The legend of
-    ``plot`` names each run's fate."""
+    ``plot`` names each run's fate. With ``heldout`` (texts the runs never train on), each row
+    also has ``heldout_before`` / ``heldout_after``: every text's loss before training (the same
+    fresh model for every rate, measured once) and after."""
     from .training import train
+
+    max_length = train_kwargs.get("max_length") or 256
+    before = None
 
     learning_rates = sorted(learning_rates)
     if not learning_rates or any(not (lr > 0) for lr in learning_rates):
@@ -223,6 +247,8 @@ def lr_sweep(load, train_data, learning_rates, plot: SweepPlot | None = None, fa
     rows = []
     for i, lr in enumerate(learning_rates):
         model, tok = load()
+        if heldout and before is None:
+            before = heldout_losses(model, tok, heldout, max_length)
         on_row = plot.new_run(f"lr={lr:.0e}", rate_color(i, len(learning_rates))) if plot else None
         callbacks = [StopWhenDiverged(factor)] if stop_early else []
         updates = UpdateSizeCallback() if measure_updates else None
@@ -234,8 +260,10 @@ def lr_sweep(load, train_data, learning_rates, plot: SweepPlot | None = None, fa
         if result.history.stopped.startswith("loss became"):
             losses = losses + [float("nan")]
         diverged = detect_divergence(losses, factor)
+        after = heldout_losses(result.model, tok, heldout, max_length) if heldout else None
         fate = (f"diverged at step {diverged}" if diverged else
-                f"loss {losses[0]:.2f} → {losses[-1]:.2f}")
+                f"loss {losses[0]:.2f} → {losses[-1]:.2f}"
+                + (f", held-out {mean_change(after, before):+.3f}" if heldout else ""))
         if on_row is not None:
             with plot.figure.batch_update():
                 on_row.trace.name = f"lr={lr:.0e}: {fate}"
@@ -246,6 +274,9 @@ def lr_sweep(load, train_data, learning_rates, plot: SweepPlot | None = None, fa
                      "diverged_at": diverged, "fate": fate, "steps_run": len(result.history.rows),
                      "losses": losses, "config": result.config.to_dict(),
                      "updates": updates.rows if updates else None})
+        if heldout:
+            rows[-1].update(heldout_before=before, heldout_after=after,
+                            heldout_change=mean_change(after, before))
         del model, result
     if plot is not None:
         diverged = sum(1 for r in rows if r["diverged_at"])
@@ -256,12 +287,44 @@ def lr_sweep(load, train_data, learning_rates, plot: SweepPlot | None = None, fa
     return rows
 
 
+def mean_change(after, before) -> float:
+    """Mean per-text change of the loss (negative: it fell); ``inf`` if any text broke."""
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    return sum(diffs) / len(diffs) if all(math.isfinite(d) for d in diffs) else float("inf")
+
+
 def best_rate(rows) -> dict:
-    """The sweep's row with the lowest final loss among runs that did not diverge."""
-    ok = [r for r in rows if r["diverged_at"] is None and math.isfinite(r["last_loss"])]
+    """The sweep's row with the lowest held-out loss after training (or, without held-out texts,
+    the lowest final training loss) among runs that did not diverge."""
+    key = "heldout_change" if all("heldout_change" in r for r in rows) else "last_loss"
+    ok = [r for r in rows if r["diverged_at"] is None and math.isfinite(r[key])]
     if not ok:
         raise ValueError("every run diverged: try smaller learning rates")
-    return min(ok, key=lambda r: r["last_loss"])
+    return min(ok, key=lambda r: r[key])
+
+
+def heldout_figure(rows, noise: float | None = None):
+    """Held-out loss change against the learning rate (log axis): the sweep's verdict on texts no
+    run trained on. Diverged runs are drawn in red at their (capped) change."""
+    rows = [r for r in rows if "heldout_change" in r]
+    if not rows:
+        raise ValueError("no held-out losses: run lr_sweep with heldout=[...]")
+    cap = max([abs(r["heldout_change"]) for r in rows if math.isfinite(r["heldout_change"])] + [1.0]) * 1.5
+    ys = [r["heldout_change"] if math.isfinite(r["heldout_change"]) else cap for r in rows]
+    colors = ["#d62728" if r["diverged_at"] or not math.isfinite(r["heldout_change"]) else "#1f77b4" for r in rows]
+    text = [("diverged" if r["diverged_at"] else f"{y:+.3f}") if math.isfinite(r["heldout_change"]) else "broke"
+            for r, y in zip(rows, ys)]
+    fig = LabFigure()
+    fig.add_scatter(x=[r["learning_rate"] for r in rows], y=ys, mode="lines+markers+text", text=text,
+                    textposition="top center", marker=dict(color=colors, size=10), line=dict(color="#bbbbbb"),
+                    name="held-out loss change")
+    if noise:
+        fig.add_hrect(y0=-noise, y1=noise, fillcolor="#cccccc", opacity=0.3, line_width=0)
+    fig.add_hline(y=0, line_color="#555555", line_width=1)
+    lab_layout(fig, title="Held-out loss after training minus before, per learning rate (below 0: it learned)",
+               xaxis_title="learning rate (log scale)", yaxis_title="change in loss (nats/token)", height=380)
+    fig.update_xaxes(type="log")
+    return fig
 
 
 # --- 3. schedules -----------------------------------------------------------------------------
@@ -368,9 +431,13 @@ class UpdateSizeCallback(TrainerCallback):
         for name, p in self._params(model):
             if name in self._before:
                 old = self._before[name]
-                ratio = float((p.detach().float() - old).norm() / old.norm().clamp_min(1e-12))
-                self.rows.append({"step": self._step, "parameter": name, "kind": module_kind(name),
-                                  "numel": p.numel(), "relative_update": ratio})
+                delta = p.detach().float() - old
+                ratio = float(delta.norm() / old.norm().clamp_min(1e-12))
+                row = {"step": self._step, "parameter": name, "kind": module_kind(name),
+                       "numel": p.numel(), "relative_update": ratio}
+                if row["kind"] == "embed_tokens" and delta.dim() == 2:   # which token rows moved at all
+                    row["rows_changed"] = float((delta.abs().amax(dim=1) > 0).float().mean())
+                self.rows.append(row)
         self._before = {}
 
     def to_frame(self):
@@ -390,6 +457,18 @@ def update_size_summary(rows) -> dict:
             "share_in_claimed_band": float(np.mean((values >= 1e-4) & (values <= 1e-3))),
             "share_above_band": float(np.mean(values > 1e-3)),
             "share_below_band": float(np.mean(values < 1e-4)), "n": int(values.size)}
+
+
+def embedding_vs_linear(rows) -> dict:
+    """The embedding's median relative step against the blocks' linear layers' (``*_proj``), and
+    the median share of the embedding's rows (one per vocabulary token) that moved in a step."""
+    emb = [r for r in rows if r["kind"] == "embed_tokens"]
+    lin = [r["relative_update"] for r in rows if r["kind"].endswith("_proj")]
+    if not emb or not lin:
+        raise ValueError("need update sizes of the embedding and of linear layers (full fine-tuning)")
+    return {"embedding_median": float(np.median([r["relative_update"] for r in emb])),
+            "linear_median": float(np.median(lin)),
+            "embedding_rows_changed": float(np.median([r.get("rows_changed", float("nan")) for r in emb]))}
 
 
 def update_size_figure(rows, title: str | None = None):
