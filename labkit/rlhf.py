@@ -82,6 +82,7 @@ class RLHFConfig(ExperimentConfig):
     lora_alpha: int = 16
     mixed_precision: str = "no"          # "bf16" where the CPU has it (the profile decides)
     eval_prompts: int = 16
+    eval_max_new_tokens: int = 96       # the comparison's answers: long enough for most to finish
     # DPO and GRPO's speed and precision switches, as measured in benchmarks/RESULTS.md (labkit/patches.py):
     cpu_full_logits: bool = True         # on the CPU, log-probabilities from the full logits, not TRL's chunked head
     adapter_sums_fp32: bool = True       # under bf16, add LoRA's output in float32 (else DPO moves less)
@@ -123,7 +124,8 @@ class RLHFConfig(ExperimentConfig):
             dpo_max_length=P.pick(smoke=64, cpu=128, gpu=256),
             max_new_tokens=P.pick(smoke=8, cpu=40, gpu=96),
             samples_per_prompt=P.pick(smoke=2, cpu=4, gpu=4),
-            eval_prompts=P.pick(smoke=2, cpu=16, gpu=40),
+            eval_prompts=P.pick(smoke=2, cpu=12, gpu=40),
+            eval_max_new_tokens=P.pick(smoke=8, cpu=96, gpu=160),
             mixed_precision=P.mixed_precision,
         )
         return cls(**{**sizes, **overrides}).validate()
@@ -431,7 +433,9 @@ def compare_policies(policies: dict, tok, reward_model, reward_tok, prompts: lis
 
     Returns ``(summary, answers)``: a table with one row per policy (mean reward, mean length in
     words, share of answers that finished before ``max_new_tokens``, training time) and a table
-    with the answers side by side."""
+    with the answers side by side, with each one's reward and length in words. An answer cut at
+    ``max_new_tokens`` counts only the words it got, so a cut base model's length is understated
+    and a shortening measured against it is, if anything, too small."""
     import pandas as pd
 
     train_times = train_times or {}
@@ -443,6 +447,7 @@ def compare_policies(policies: dict, tok, reward_model, reward_tok, prompts: lis
         finished = [len(tok(o, add_special_tokens=False)["input_ids"]) < max_new_tokens - 1 for o in outs]
         table[name] = outs
         table[f"{name} reward"] = scores
+        table[f"{name} words"] = [words(o) for o in outs]
         rows.append({"method": name, "mean reward": sum(scores) / len(scores),
                      "mean words": sum(map(words, outs)) / len(outs),
                      "finished answers": sum(finished) / len(finished),

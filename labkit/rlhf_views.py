@@ -126,9 +126,12 @@ def comparison_figure(summary, title: str | None = None):
     return LabFigure(fig)
 
 
-def verdict(summary, steps: dict, profile: str) -> str:
+def verdict(summary, steps: dict, profile: str, answers=None) -> str:
     """Plain-language conclusions from ``rlhf.compare_policies``' summary, each method against
-    the base model: did the reward go up and the answers get shorter, and if not, why not."""
+    the base model: did the reward go up and the answers get at least 10% shorter, by more than the
+    noise of this many prompts (with ``answers``, its per-prompt table), and if not, why not."""
+    from .claims import paired_noise
+
     base = summary.set_index("method").loc["base"]
     lines = []
     if profile == "smoke":
@@ -138,13 +141,22 @@ def verdict(summary, steps: dict, profile: str) -> str:
         if name == "base":
             continue
         d_reward, d_words = row["mean reward"] - base["mean reward"], row["mean words"] - base["mean words"]
-        # a clear move: higher reward and at least 10% fewer words (smaller changes are within noise here)
-        improved = d_reward > 0 and d_words < -0.1 * base["mean words"]
-        line = (f"{name}: mean reward {base['mean reward']:+.2f} -> {row['mean reward']:+.2f} ({d_reward:+.2f}), "
-                f"length {base['mean words']:.1f} -> {row['mean words']:.1f} words ({d_words:+.1f}), "
+        noise_r = noise_w = 0.0
+        if answers is not None and len(answers) > 1:
+            noise_r = paired_noise(answers[f"{name} reward"], answers["base reward"])
+            noise_w = paired_noise(answers[f"{name} words"], answers["base words"])
+        shorter = d_words < -max(0.1 * base["mean words"], noise_w)
+        line = (f"{name}: mean reward {base['mean reward']:+.2f} -> {row['mean reward']:+.2f} ({d_reward:+.2f}"
+                + (f", noise ±{noise_r:.2f}" if noise_r else "") + "), "
+                f"length {base['mean words']:.1f} -> {row['mean words']:.1f} words ({d_words:+.1f}"
+                + (f", noise ±{noise_w:.1f}" if noise_w else "") + "), "
                 f"{row['training time (s)']:.0f} s of training. ")
-        if improved:
-            line += "It moved the answers towards the target."
+        if d_reward > noise_r and shorter:
+            line += "It moved the answers towards the target: higher reward and at least 10% fewer words."
+        elif shorter:
+            line += "Its answers are clearly shorter, but the reward did not rise by more than the noise."
+        elif d_reward > noise_r:
+            line += "The reward rose, but the answers are not clearly shorter (under 10% fewer words, or within noise)."
         else:
             why = [f"only {steps.get(name, '?')} optimizer steps"]
             if base["finished answers"] == 0 and row["finished answers"] == 0:

@@ -170,6 +170,10 @@ def test_dpo_moves_the_adapter_and_widens_the_margin(toy, adapter_weights):
     assert second["rewards/margins"] > 1e-3 and second["rewards/accuracies"] == 1.0
     assert second["loss"] < first["loss"]
     assert any("lora_B" in n for n in changed(adapter_weights)), "DPO left the adapter as it was"
+    # TRL trained with gradient checkpointing and use_cache=False; the model handed back generates
+    # with its cache again (without it every new token recomputes the whole text)
+    assert not result.model.is_gradient_checkpointing
+    assert result.model.config.use_cache and result.model.generation_config.use_cache is not False
     # measured here, not by TRL: the trained policy prefers each pair's chosen reply more than the
     # reference does (this catches chosen and rejected swapped on the way into TRL)
     from labkit.predictions import continuation_logprob
@@ -263,3 +267,24 @@ def test_cutting_only_one_side_of_a_pair_is_counted_and_warned_about(capsys):
     reward_dataset(tok, pairs, longest)
     assert capsys.readouterr().out == ""
     assert first_words("one two  three four", 2) == "one two"
+
+
+def test_verdict_needs_ten_percent_fewer_words_beyond_the_noise():
+    import pandas as pd
+
+    from labkit.rlhf_views import verdict
+
+    base_words, base_reward = [100, 90, 110, 100], [0.0, 0.1, -0.1, 0.0]
+    answers = pd.DataFrame({"base words": base_words, "base reward": base_reward,
+                            "DPO words": [40, 35, 50, 45], "DPO reward": [1.0, 1.2, 0.9, 1.1],        # clear
+                            "GRPO words": [98, 95, 104, 96], "GRPO reward": [0.1, -0.2, 0.2, 0.0]})  # noise
+    summary = pd.DataFrame([
+        {"method": m, "mean reward": answers[f"{m} reward"].mean(), "mean words": answers[f"{m} words"].mean(),
+         "finished answers": 1.0, "training time (s)": 1.0} for m in ("base", "DPO", "GRPO")])
+    text = verdict(summary, steps={"DPO": 10, "GRPO": 10}, profile="cpu", answers=answers).splitlines()
+    assert "moved the answers towards the target" in text[0] and text[0].startswith("DPO")
+    assert "did NOT clearly improve" in text[1] and "noise ±" in text[1]
+    # the same GRPO shortening without per-prompt answers is judged only against the 10% rule
+    shorter = answers.assign(**{"GRPO words": [80, 70, 85, 80], "GRPO reward": [2.0, 2.1, 1.9, 2.0]})
+    summary.loc[2, ["mean words", "mean reward"]] = [shorter["GRPO words"].mean(), 2.0]
+    assert "moved the answers" in verdict(summary, {}, "cpu", answers=shorter).splitlines()[1]
