@@ -13,7 +13,13 @@ format                  one JSONL line                             used for
 
 Every loader checks every line before returning, and a bad line gets a ``ValueError`` that
 names the file and the line: nothing is trained on half-checked data. Extra fields (``split``,
-``task``, ...) are kept.
+``task``, ...) are kept, and :func:`extra_fields` lists them. Messages follow TRL: the roles
+``system``, ``user``, ``assistant`` and ``tool``, and keys beyond ``role`` and ``content``
+(``tool_calls``, ``name``, ...) kept; an assistant turn that calls a tool may have no text.
+
+Your own data in another shape: :func:`load_table` reads a CSV, TSV, Parquet or JSON-lines file,
+or a Hugging Face hub dataset, maps its columns to a format and runs the same checks (an error
+names the file and the row).
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ REQUIRED_FIELDS = {
     "cloze": ("prompt", "answer"),
     "sense": ("word", "sense", "prompt", "continuation"),
 }
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")   # TRL's roles
+MESSAGE_KEYS = ("role", "content")                  # others (tool_calls, name, ...) are kept
 MAX_FIELD_CHARS = 200_000        # a field longer than this is a mistake here (the lab trains on <= 512 tokens)
 MAX_LINE_BYTES = 8 * 2**20       # read no further into a line than this
 
@@ -61,12 +68,16 @@ def _check_messages(messages) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "field 'messages' must be a non-empty list"
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
-            return f"messages[{i}] must be an object with exactly 'role' and 'content'"
+        if not isinstance(m, dict) or "role" not in m:
+            return f"messages[{i}] must be an object with a 'role' and a 'content'"
         if m["role"] not in ROLES:
             return f"messages[{i}].role is {m['role']!r}; expected one of {ROLES}"
-        if not isinstance(m["content"], str) or not m["content"].strip():
-            return f"messages[{i}].content must be a non-empty string"
+        if m.get("content") in (None, "") and m["role"] == "assistant" and m.get("tool_calls"):
+            continue  # a turn that only calls a tool has no text (TRL accepts it)
+        if "content" not in m:
+            return f"messages[{i}] has no 'content'"
+        if problem := _check_text(f"messages[{i}].content", m["content"]):
+            return problem
     if messages[-1]["role"] != "assistant":
         return "the last message must be the assistant's (the response to learn)"
     if not any(m["role"] == "user" for m in messages[:-1]):
@@ -75,6 +86,8 @@ def _check_messages(messages) -> str | None:
 
 
 def _check_text(field: str, value) -> str | None:
+    if value is None:
+        return f"field {field!r} is empty (null, or a blank cell)"
     if not isinstance(value, str):
         return f"field {field!r} must be a string, got {type(value).__name__}"
     if not value.strip():
@@ -97,9 +110,7 @@ def check_record(record, fmt: str) -> str | None:
         if field not in record:
             return f"missing field {field!r}"
         if field == "messages":
-            problem = _check_messages(record[field]) or next(
-                (p for i, m in enumerate(record[field]) if (p := _check_text(f"messages[{i}].content", m["content"]))),
-                None)
+            problem = _check_messages(record[field])
         else:
             problem = _check_text(field, record[field])
         if problem:
@@ -193,14 +204,163 @@ def load_jsonl(path, format: str | None = None, split: str | None = None):
 
     ``split`` keeps only records whose ``split`` field equals it (e.g. ``"train"``).
     """
-    from datasets import Dataset
-
     records = read_jsonl(path, format)
     if split is not None:
         records = [r for r in records if r.get("split") == split]
         if not records:
             raise ValueError(f"{data_path(path)}: no records with split={split!r}")
-    return Dataset.from_list(records)
+    return to_dataset(records)
+
+
+def to_dataset(records: list[dict]):
+    """Records as a ``datasets.Dataset`` with every field any record has (``Dataset.from_list``
+    keeps only the first record's fields and silently drops the others')."""
+    from datasets import Dataset
+
+    fields = list(dict.fromkeys(k for r in records for k in r))
+    return Dataset.from_dict({k: [r.get(k) for r in records] for k in fields})
+
+
+def extra_fields(records, format: str | None = None) -> dict[str, int]:
+    """Fields beyond what ``format`` needs (``split`` aside), and message keys beyond ``role`` and
+    ``content`` (as ``messages[].key``), each with the number of records that have it. They are
+    kept; training uses only the format's fields (a chat template may read ``tool_calls``)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        fmt = format or detect_format(r)
+        keys = {k for k in r if k not in REQUIRED_FIELDS[fmt] and k != "split"}
+        if fmt == "messages":
+            keys |= {f"messages[].{k}" for m in r["messages"] for k in m if k not in MESSAGE_KEYS}
+        for k in keys:
+            counts[k] = counts.get(k, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# --- your own data: CSV, TSV, Parquet, JSON lines, hub datasets ---------------------------------
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json")
+CHAT_COLUMNS = ("system", "user", "assistant")   # columns={role: column} builds one conversation a row
+
+
+def load_table(source, columns: dict[str, str] | None = None, format: str | None = None,
+               split: str = "train", config: str | None = None, limit: int | None = None) -> list[dict]:
+    """Rows of a table as records in one of the lab's formats, every row checked.
+
+    source:  a ``.csv``, ``.tsv``, ``.parquet`` or ``.jsonl`` file (a path, or a name in ``data/``),
+             or a Hugging Face hub dataset id such as ``"HuggingFaceTB/smoltalk"`` (read with
+             ``datasets.load_dataset(source, config, split=split)``; needs a network or a cache).
+    columns: the lab's field -> the table's column, e.g. ``{"prompt": "question", "completion":
+             "answer"}``. With ``format="messages"`` the keys may be roles: ``{"system": ...,
+             "user": "question", "assistant": "answer"}`` builds one conversation per row.
+             Columns not named are kept as extra fields (see :func:`extra_fields`).
+    limit:   read only the first ``limit`` rows.
+
+    CSV cells are read as text (a blank cell is an empty field, never a number or NaN). A bad
+    row raises ``ValueError`` naming the source and the row (1-based; in a CSV, row 1 is the
+    first line under the header).
+    """
+    if format is not None and format not in REQUIRED_FIELDS:
+        raise ValueError(f"format={format!r} is not one of {list(REQUIRED_FIELDS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit!r}: give a positive number of rows, or None for all")
+    rows, name = _read_table(source, split, config, limit)
+    if not rows:
+        raise ValueError(f"{name}: the table has no rows")
+    records = [_map_columns(row, columns or {}, format, name, i) for i, row in enumerate(rows, start=1)]
+    fmt = format
+    for i, record in enumerate(records, start=1):
+        where = f"{name}, row {i}"
+        try:
+            found = format or detect_format(record)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}; name the columns with columns={{field: column}}") from None
+        if fmt is not None and found != fmt:
+            raise ValueError(f"{where}: format {found!r}, but the rows before it are {fmt!r}")
+        fmt = found
+        if problem := check_record(record, fmt):
+            raise ValueError(f"{where}: {problem} (format {fmt!r})")
+    return records
+
+
+def _read_table(source, split: str, config: str | None, limit: int | None) -> tuple[list[dict], str]:
+    """The rows of ``source`` as plain dicts, and the name errors use for it."""
+    path = data_path(source)
+    if path.is_file() or Path(str(source)).suffix.lower() in TABLE_SUFFIXES:
+        suffix = path.suffix.lower()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such data file")
+        if suffix in (".csv", ".tsv"):
+            import pandas as pd
+
+            try:
+                frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                                    nrows=limit, encoding="utf-8-sig")
+            except (UnicodeDecodeError, pd.errors.ParserError) as e:
+                raise ValueError(f"{path}: cannot be read as {suffix[1:].upper()} ({e}); save it as UTF-8 "
+                                 "with one header line") from None
+            return frame.to_dict("records"), str(path)
+        if suffix == ".parquet":
+            from datasets import Dataset
+
+            table = Dataset.from_parquet(str(path))
+            return table.select(range(min(limit, len(table)))).to_list() if limit else table.to_list(), str(path)
+        if suffix == ".json" and path.read_text(encoding="utf-8-sig").lstrip().startswith("["):
+            try:  # one JSON array of objects, not JSON lines
+                rows = json.loads(path.read_text(encoding="utf-8-sig"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            bad = next((i for i, r in enumerate(rows, start=1) if not isinstance(r, dict)), None)
+            if bad:
+                raise ValueError(f"{path}, row {bad}: expected a JSON object")
+            return rows[:limit] if limit else rows, str(path)
+        if suffix in (".jsonl", ".json"):
+            rows = []
+            for lineno, line in read_lines(path):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                    if not isinstance(rows[-1], dict):
+                        raise ValueError(f"{path}:{lineno}: expected a JSON object")
+                if limit and len(rows) >= limit:
+                    break
+            return rows, str(path)
+        raise ValueError(f"{path}: a {suffix or 'file without a suffix'} file; give one of {TABLE_SUFFIXES}")
+    return _read_hub_dataset(str(source), split, config, limit)
+
+
+def _read_hub_dataset(hub_id: str, split: str, config: str | None, limit: int | None) -> tuple[list[dict], str]:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
+        raise ValueError(f"source={hub_id!r} is no data file (looked at {data_path(hub_id)}) and no hub "
+                         f"dataset id (owner/name); files: {', '.join(TABLE_SUFFIXES)}")
+    from datasets import load_dataset
+
+    name = f"{hub_id} (split {split!r})"
+    try:
+        table = load_dataset(hub_id, config, split=f"{split}[:{limit}]" if limit else split)
+    except Exception as e:  # offline, unknown id, unknown split or config: all surface here
+        raise ValueError(f"{name}: could not load it from the Hugging Face hub ({type(e).__name__}: "
+                         f"{str(e)[:300]}). Offline? Save it as a file (table.to_csv / to_parquet) "
+                         "where you have a network, and load the file") from None
+    return table.to_list(), name
+
+
+def _map_columns(row: dict, columns: dict[str, str], format: str | None, name: str, i: int) -> dict:
+    """One row with the lab's field names (``columns``: field -> column); other columns kept."""
+    missing = sorted(set(columns.values()) - set(row))
+    if missing:
+        raise ValueError(f"{name}, row {i}: no column {missing[0]!r}; the columns are {list(row)}")
+    roles = [f for f in columns if f in CHAT_COLUMNS]
+    if roles and format != "messages":
+        raise ValueError(f"columns={columns}: roles ({roles}) as fields build conversations: pass format='messages'")
+    record = {field: row[column] for field, column in columns.items() if field not in CHAT_COLUMNS}
+    if roles:  # a blank system cell means no system message in that row
+        record["messages"] = [{"role": role, "content": row[columns[role]]} for role in CHAT_COLUMNS
+                              if role in columns and (role != "system" or str(row[columns[role]] or "").strip())]
+    used = set(columns.values())
+    record.update({k: v for k, v in row.items() if k not in used and k not in record})
+    return record
 
 
 def write_jsonl(path, records, format: str | None = None) -> Path:

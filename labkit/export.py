@@ -224,7 +224,8 @@ def accelerate_yaml(target: str, job: dict, layer_class: str | None) -> str:
         return head + _NODE_COMMENT + "distributed_type: DEEPSPEED\n" + common + (
             "deepspeed_config:\n"
             "  zero_stage: 3\n"
-            "  zero3_init_flag: true                 # build the model already sharded\n"
+            "  zero3_init_flag: true                 # build the model already sharded (train.py creates its\n"
+            "                                        # SFTConfig before the model for this; 4-bit QLoRA excepted)\n"
             "  zero3_save_16bit_model: true          # gather a 16-bit copy of the weights when saving\n"
             "  offload_optimizer_device: none        # none | cpu | nvme\n"
             "  offload_param_device: none            # none | cpu | nvme\n"
@@ -296,6 +297,14 @@ No GPU, two processes on the CPU (how the lab tests this job; a few tiny steps):
     accelerate launch --multi_gpu --num_processes 2 train.py --max-steps 2 --batch-size 1 --max-length 32 --mixed-precision no
 
 (`--cpu --num_processes 2` would start only one process.)
+
+Sharded runs and QLoRA: `train.py` creates its training configuration before it loads the model,
+because under ZeRO-3 that is what registers the DeepSpeed config with transformers, so that each
+GPU builds only its share of the model (`zero3_init_flag`). Under FSDP and ZeRO-3 it gives a 4-bit
+model no `device_map` (the sharding places the weights) and stores the 4-bit weights in the compute
+dtype (`bnb_4bit_quant_storage`), as FSDP and ZeRO-3 can only shard one floating-point dtype.
+transformers does not build a 4-bit model sharded: under ZeRO-3 each GPU loads the 4-bit model
+whole (a quarter of its 16-bit size), then training shards it.
 
 ## What comes out
 

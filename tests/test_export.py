@@ -99,7 +99,9 @@ def test_accelerate_configs_pass_accelerates_own_loading(exported, monkeypatch):
     for key, value in env.items():
         if key.startswith("ACCELERATE_"):
             monkeypatch.setenv(key, value)
-    ds = DeepSpeedPlugin().deepspeed_config
+    plugin = DeepSpeedPlugin()
+    assert plugin.zero3_init_flag  # what train.py's config-before-model order serves
+    ds = plugin.deepspeed_config
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert ds["gradient_clipping"] == exported.job["max_grad_norm"]
@@ -184,6 +186,9 @@ def test_exported_job_runs_on_two_processes_and_its_adapter_changes_the_model(tm
     assert report["world_size"] == 2 and report["distributed_type"].endswith("MULTI_CPU")
     assert report["steps"] == 2 and len(report["losses"]) == 2
     assert (out / "adapter_model.safetensors").is_file()
+    # the adapter names its base by hub id, so it loads on a machine without this one's cache
+    recorded = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == job.job["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
     model, tok = load_model()
     tuned = PeftModel.from_pretrained(model, str(out)).eval()
@@ -347,3 +352,54 @@ def test_make_lab_works_with_an_absolute_venv():
     line = next(s for s in plan.splitlines() if "jupyter lab" in s)
     jupyter = line.split("&&")[1].split()[0]
     assert line.startswith("cd notebooks &&") and os.access(root / "notebooks" / jupyter, os.X_OK), line
+
+
+# --- issue #20: configuration before the model, no device_map under FSDP / ZeRO-3 ----------------
+
+class ModelLoaded(Exception):
+    """Raised by the fake from_pretrained: the test has seen what it needs, training need not start."""
+
+
+@pytest.mark.parametrize("sharding, method, device_map", [
+    (None, "qlora", "cpu"),            # DDP: each process places its own 4-bit copy
+    ("fsdp", "qlora", None),           # FSDP / ZeRO-3: the sharding places the weights
+    ("deepspeed", "qlora", None),
+    ("deepspeed", "lora", None)])
+def test_exported_script_creates_its_config_before_the_model(exported, monkeypatch, sharding, method, device_map):
+    """train.py's own main(), in this process: SFTConfig must exist before from_pretrained runs
+    (under ZeRO-3 creating it is what registers the DeepSpeed config, so that the model is built
+    sharded), and a 4-bit model gets a device_map only when nothing shards it."""
+    import importlib.util
+
+    from labkit.export import TEMPLATES
+
+    spec = importlib.util.spec_from_file_location("exported_train_order", TEMPLATES / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    events = []
+
+    def config(**kwargs):
+        events.append("config")
+        return kwargs
+
+    def from_pretrained(source, **kwargs):
+        events.append("model")
+        assert kwargs.get("device_map") == device_map, kwargs
+        if method == "qlora":
+            assert kwargs["quantization_config"].bnb_4bit_quant_storage == kwargs["dtype"]
+        raise ModelLoaded
+
+    monkeypatch.setattr(train, "SFTConfig", config)
+    monkeypatch.setattr(train.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    for var in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(var, raising=False)
+    if sharding:
+        monkeypatch.setenv(f"ACCELERATE_USE_{sharding.upper()}", "true")
+    job = json.loads((exported.folder / "job.json").read_text())
+    job.update(method=method, mixed_precision="no")
+    config_file = exported.folder.parent / f"job-{sharding}-{method}.json"
+    config_file.write_text(json.dumps(job))
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(config_file)])
+    with pytest.raises(ModelLoaded):
+        train.main()
+    assert events == ["config", "model"]

@@ -10,10 +10,13 @@ Run it on several (see README): accelerate launch --config_file accelerate/ddp.y
 What happens, top to bottom:
   1. read the job (job.json + command-line overrides)
   2. read the data file (JSON lines: "text", "messages" or "prompt"+"completion")
-  3. load the tokenizer and the model (4-bit for QLoRA)
-  4. describe the adapter (LoRA / DoRA / QLoRA) with PEFT's LoraConfig, or train every weight
-  5. train with TRL's SFTTrainer; accelerate decides how the work is split across processes
-  6. save the adapter (or the full model) as safetensors, and a small run report
+  3. create the training configuration (SFTConfig) BEFORE the model: under DeepSpeed ZeRO-3 this
+     registers the DeepSpeed config with transformers, so that from_pretrained builds the model
+     already split across the processes (zero3_init_flag) instead of a full copy on each
+  4. load the tokenizer and the model (4-bit for QLoRA)
+  5. describe the adapter (LoRA / DoRA / QLoRA) with PEFT's LoraConfig, or train every weight
+  6. train with TRL's SFTTrainer; accelerate decides how the work is split across processes
+  7. save the adapter (or the full model) as safetensors, and a small run report
 """
 import argparse
 import json
@@ -89,7 +92,7 @@ def read_data(path: str):
     return data.select_columns(["text"])
 
 
-# --- 3. the model -------------------------------------------------------------------------------
+# --- 4. the model -------------------------------------------------------------------------------
 
 def compute_dtype(job) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["mixed_precision"], torch.float32)
@@ -104,7 +107,13 @@ def process_state() -> PartialState:
 def load_model(job):
     """Full fine-tuning keeps fp32 master weights (mixed precision computes in bf16/fp16).
     LoRA/DoRA freeze the base weights, so they are stored in the compute dtype (half the memory).
-    QLoRA stores them in 4 bits (NF4) and computes in the compute dtype."""
+    QLoRA stores them in 4 bits (NF4) and computes in the compute dtype.
+
+    Call it after :func:`training_args`: under ZeRO-3 that is what makes from_pretrained build the
+    model sharded (transformers' "Non-Trainer DeepSpeed integration": the DeepSpeed config must be
+    registered before the model is created). transformers skips that sharded construction for
+    4-bit models, so QLoRA under ZeRO-3 loads the (small) 4-bit model on each process, and ZeRO-3
+    shards it when training starts."""
     state = process_state()
     kwargs = {"dtype": torch.float32 if job["method"] == "full" else compute_dtype(job)}
     if job["method"] == "qlora":
@@ -114,8 +123,11 @@ def load_model(job):
             # FSDP / ZeRO-3 shard the packed 4-bit weights only if they are stored in the same
             # dtype as the rest of the model (PEFT's "FSDP + QLoRA" guide).
             bnb_4bit_quant_storage=compute_dtype(job))
-        # A quantized model must sit on its GPU from the start: each process gets its own.
-        kwargs["device_map"] = {"": state.local_process_index} if torch.cuda.is_available() else "cpu"
+        if not sharded_training():
+            # DDP: a quantized model must sit on its GPU from the start; each process gets its own.
+            # Under FSDP / ZeRO-3 no device_map: the sharding decides where the weights go
+            # (PEFT's "FSDP + QLoRA" and "DeepSpeed ZeRO-3 + QLoRA" guides).
+            kwargs["device_map"] = {"": state.local_process_index} if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(job["model"], **kwargs)
     if job["method"] == "qlora" and not sharded_training():
         # Casts layer norms to fp32 and enables input gradients (not with FSDP/ZeRO-3: those
@@ -130,7 +142,7 @@ def sharded_training() -> bool:
         os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-# --- 4. the adapter -----------------------------------------------------------------------------
+# --- 5. the adapter -----------------------------------------------------------------------------
 
 def adapter_config(job):
     """PEFT's LoraConfig for LoRA, DoRA (use_dora=True) and QLoRA (LoRA on a 4-bit model);
@@ -142,9 +154,11 @@ def adapter_config(job):
                       bias="none", task_type="CAUSAL_LM")
 
 
-# --- 5. training --------------------------------------------------------------------------------
+# --- 3. the training configuration (created before the model); 6. training --------------------
 
 def training_args(job) -> SFTConfig:
+    """TRL's SFTConfig. Creating it reads accelerate's launch settings: with DeepSpeed it registers
+    the DeepSpeed config with transformers (so create it before loading the model, see load_model)."""
     schedule = job["schedule"]
     if schedule == "constant" and job["warmup_steps"]:
         schedule = "constant_with_warmup"
@@ -186,13 +200,14 @@ def main():
               f"({job['batch_size']} per process x {job['gradient_accumulation_steps']} accumulation "
               f"x {state.num_processes} processes) x {job['max_length']} tokens at most", flush=True)
 
+    args = training_args(job)    # first: under ZeRO-3 the model is then built already sharded
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = load_model(job)
     with state.main_process_first():  # rank 0 reads and caches the data first, the others reuse it
         data = read_data(job["data"])
-    trainer = SFTTrainer(model=model, args=training_args(job), train_dataset=data,
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data,
                          processing_class=tokenizer, peft_config=adapter_config(job))
     if len(trainer.train_dataset) == 0:  # TRL drops chat examples whose reply was cut off entirely
         raise SystemExit(f"no training example is left after cutting to max_length={job['max_length']} "
@@ -201,12 +216,17 @@ def main():
     trainer.train()
     wall_s = time.perf_counter() - start
 
-    # --- 6. save ---------------------------------------------------------------------------------
+    # --- 7. save ---------------------------------------------------------------------------------
     if trainer.is_fsdp_enabled:  # gather the shards into one full set of weights before saving
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(job["output_dir"])  # adapter_model.safetensors (PEFT) or model.safetensors
     if state.is_main_process:
         tokenizer.save_pretrained(job["output_dir"])
+        saved_config = Path(job["output_dir"], "adapter_config.json")
+        if saved_config.exists() and job.get("hub_id"):   # the base by its hub id, not this machine's path
+            values = json.loads(saved_config.read_text())
+            values["base_model_name_or_path"] = job["hub_id"]
+            saved_config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
         report = {"world_size": state.num_processes, "distributed_type": str(state.distributed_type),
                   "steps": trainer.state.global_step, "wall_s": round(wall_s, 2),
                   "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row],
