@@ -109,6 +109,11 @@ def save_checkpoint(model, method: str, folder: Path) -> int:
     complete (``labkit.files``)."""
     with files.replacing_folder(folder) as new:
         model.save_pretrained(new, safe_serialization=True)
+        if method != "full":   # record the base by its hub id, not this machine's cache path
+            from .model_card import base_hub_id
+            from .serving import make_portable
+
+            make_portable(Path(new) / "adapter_config.json", base_hub_id(model))
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
 
 

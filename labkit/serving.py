@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import files
+from . import files, model_card
 from .predictions import chat_prompt, generate_many
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -37,7 +37,8 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 # What PEFT's save_pretrained writes into an adapter folder (README.md is its model card).
 # lab_info.json is labkit's note of how the adapter was made (save_adapter's ``info``).
 INFO_FILE = "lab_info.json"
-ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "adapter_model.bin", "README.md", INFO_FILE)
+CARD_FILE = "README.md"  # the model card: labkit writes its own over PEFT's template
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, "adapter_model.bin", CARD_FILE, INFO_FILE)
 # What save_pretrained writes for a full model and its tokenizer (sharded weights included).
 CHECKPOINT_FILES = ("*.safetensors", "*.json", "chat_template.jinja", "merges.txt", "tokenizer.model", "README.md")
 
@@ -74,6 +75,12 @@ def save_adapter(peft_model, path, adapter_name: str | None = None, info: dict |
     ``info`` (JSON values: the notebook, the prompt format, the config) is saved beside it as
     ``lab_info.json``, in the same step.
 
+    The adapter is made portable: ``adapter_config.json`` names its base by hub id
+    (``HuggingFaceTB/SmolLM2-135M-Instruct`` for the offline model, not the local cache folder),
+    and ``README.md`` is a model card (``labkit.model_card``) built from the config and ``info``:
+    keys ``data``, ``prompt_format``, ``template``, ``train`` (``TrainConfig.to_dict()``) and
+    ``results`` (the run's measured numbers) fill its sections.
+
     Anything else at ``path`` is refused with :class:`AdapterError`, never deleted: a folder
     holding other things (sibling adapters, notes) is not this adapter's to replace."""
     path = Path(path)
@@ -83,14 +90,29 @@ def save_adapter(peft_model, path, adapter_name: str | None = None, info: dict |
     name = adapter_name or peft_model.active_adapter
     refuse_to_replace(path, CONFIG_FILE, ADAPTER_FILES, "an adapter", suggestion=path / name)
     with files.replacing_folder(path) as new:
+        # A card already there is updated by PEFT, not built from its template (a tenth of a second
+        # saved); it is replaced by labkit's own below.
+        (new / CARD_FILE).write_text("---\nlibrary_name: peft\n---\n")
         peft_model.save_pretrained(new, selected_adapters=[name], safe_serialization=True)
         if name != "default":  # PEFT puts a named adapter in a sub-folder: bring its files up
             for f in (new / name).iterdir():
                 f.rename(new / f.name)
             (new / name).rmdir()
+        config = make_portable(new / CONFIG_FILE, model_card.base_hub_id(peft_model))
+        (new / CARD_FILE).write_text(model_card.adapter_card(config, info))
         if info is not None:
             (new / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def make_portable(config_file, hub_id: str | None) -> dict:
+    """Record the base model by its hub id in ``adapter_config.json`` (PEFT writes its local path,
+    which no other machine has); return the config. Left as it is when there is no hub id."""
+    config = json.loads(Path(config_file).read_text())
+    if hub_id:
+        config["base_model_name_or_path"] = hub_id
+        Path(config_file).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
 
 
 def refuse_to_replace(path, marker: str, allowed, what: str, suggestion=None) -> None:
@@ -430,19 +452,52 @@ def serve(model, tokenizer, requests, max_new_tokens: int = 16, batch_size: int 
 def merged_equals_adapter(model, tokenizer, prompts, adapter_name: str, atol: float = 1e-4) -> dict:
     """Merge ``adapter_name`` into a copy of the base weights (``merge_and_unload``) and compare
     its logits with the adapter model's. The original model is left as it was."""
-    import copy
-
     model.set_adapter(adapter_name)
     with_adapter = logits(model, tokenizer, prompts)
-    clone = copy.deepcopy(model)
-    for other in [n for n in clone.peft_config if n != adapter_name]:
-        clone.delete_adapter(other)
-    merged = clone.merge_and_unload()
+    merged = merged_model(model, adapter_name)
     merged_logits = logits(merged, tokenizer, prompts)
     diff = (with_adapter - merged_logits).abs().max().item()
     same_top = bool((with_adapter.argmax(-1) == merged_logits.argmax(-1)).all())
     return {"adapter": adapter_name, "max_abs_logit_diff": diff, "same_next_token": same_top,
             "equal_within_atol": diff <= atol, "atol": atol, "merged_model": merged}
+
+
+def merged_model(model, adapter_name: str | None = None):
+    """A plain model with ``adapter_name`` (default: the active one) added into a copy of the base
+    weights (``merge_and_unload``); ``model`` keeps its adapters. Its ``name_or_path`` is the
+    base's hub id where there is one (what a card or a GGUF file written from it names as its base)."""
+    import copy
+
+    if not hasattr(model, "peft_config"):
+        raise ValueError("model has no adapter to merge (a full fine-tune is already a plain model)")
+    name = adapter_name or model.active_adapter
+    if name not in model.peft_config:
+        raise ValueError(f"adapter_name={name!r} is not loaded on this model (loaded: {sorted(model.peft_config)})")
+    hub_id = model_card.base_hub_id(model)
+    clone = copy.deepcopy(model)
+    for other in [n for n in clone.peft_config if n != name]:
+        clone.delete_adapter(other)
+    clone.set_adapter(name)
+    merged = clone.merge_and_unload()
+    if hub_id:
+        merged.name_or_path = merged.config._name_or_path = hub_id
+    return merged.eval()
+
+
+def save_merged(model, tokenizer, path, adapter_name: str | None = None, info: dict | None = None) -> Path:
+    """Merge an adapter (:func:`merged_model`) and save the result in the transformers format
+    (``config.json``, ``model.safetensors``, the tokenizer) with a model card naming the base and
+    the adapter's settings: what any server that takes a plain model loads, DoRA included."""
+    config = model.peft_config[adapter_name or model.active_adapter].to_dict()
+    config["base_model_name_or_path"] = model_card.base_hub_id(model) or config.get("base_model_name_or_path")
+    merged = merged_model(model, adapter_name)
+    path = save_full(merged, tokenizer, path)
+    card = model_card.adapter_card(config, info).replace("library_name: peft", "library_name: transformers", 1)
+    card = card.replace(" adapter for ", " adapter merged into ", 1)
+    (path / CARD_FILE).write_text(card.split("## Load it")[0] + "## Load it\n\n```python\nfrom transformers import "
+                                  "AutoModelForCausalLM\n\nmodel = AutoModelForCausalLM.from_pretrained("
+                                  "'path/or/hub-id/of/this/model')\n```\n")
+    return path
 
 
 def roundtrip(model, tokenizer, base_model, prompts, adapter_name: str, folder) -> dict:
@@ -465,8 +520,86 @@ def find_adapters(root="outputs/adapters", names=("medical", "legal", "code")) -
 
 def vllm_command(base_model: str, adapters: dict, max_lora_rank: int = 16) -> str:
     """The command that serves the same adapters with vLLM's multi-LoRA server (not run here).
-    Every name and path is shell-quoted, so a folder with spaces is safe to paste."""
+    Every name and path is shell-quoted, so a folder with spaces is safe to paste. A DoRA adapter is
+    refused (vLLM rejects its magnitude vectors): serve it merged (:func:`save_merged`)."""
+    dora = [n for n, p in adapters.items() if Path(p, CONFIG_FILE).is_file() and adapter_kind(p) == "DoRA"]
+    if dora:
+        raise AdapterError(f"{', '.join(dora)}: DoRA adapter(s), which vLLM does not load (it rejects "
+                           "lora_magnitude_vector); merge and serve the merged model: serving.save_merged(...)")
     modules = " ".join(shlex.quote(f"{n}={Path(p).resolve() if os.path.exists(p) else p}")
                        for n, p in adapters.items())
     return (f"vllm serve {shlex.quote(str(base_model))} \\\n  --enable-lora \\\n  --lora-modules {modules} \\\n"
             f"  --max-loras {len(adapters)} --max-lora-rank {int(max_lora_rank)}")
+
+
+# --- which servers take which adapter ---------------------------------------------------------
+
+def adapter_kind(folder) -> str:
+    """``LoRA``, ``DoRA`` or ``QLoRA`` for a saved adapter (``use_dora`` in its config; QLoRA from
+    ``lab_info.json``'s training method: its config is a plain LoRA's)."""
+    folder = Path(folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    info = json.loads((folder / INFO_FILE).read_text()) if (folder / INFO_FILE).is_file() else {}
+    return model_card.method_of(config, info)
+
+
+# What each server does with each kind of adapter (checked 2026-12-01 in their documentation and
+# issue trackers; notebook 12 links the sources). A QLoRA adapter is a plain LoRA adapter on disk,
+# trained against 4-bit weights: servers load it as LoRA, usually on the unquantised base.
+# "merged" means: serve what save_merged (transformers format) or gguf_export writes.
+SERVERS = {
+    "vLLM": {"LoRA": "yes (--enable-lora --lora-modules)", "QLoRA": "yes, as LoRA",
+             "DoRA": "no: it rejects lora_magnitude_vector; serve it merged"},
+    "TGI": {"LoRA": "yes (LORA_ADAPTERS)", "QLoRA": "yes, as LoRA", "DoRA": "not documented; serve it merged"},
+    "llama.cpp": {"LoRA": "yes: GGUF adapter (--lora) or merged GGUF", "QLoRA": "yes, as LoRA",
+                  "DoRA": "merged GGUF only (its LoRA converter rejects DoRA)"},
+    "Ollama": {"LoRA": "yes: ADAPTER (safetensors for Llama, Mistral, Gemma; or GGUF) or merged GGUF",
+               "QLoRA": "yes, as LoRA", "DoRA": "merged GGUF only"},
+    "transformers + PEFT": {"LoRA": "yes", "QLoRA": "yes", "DoRA": "yes"},
+}
+
+
+def servers_for(folder) -> dict:
+    """``{server: what it does with this adapter}`` (:data:`SERVERS`, for :func:`adapter_kind`)."""
+    kind = adapter_kind(folder)
+    return {server: kinds[kind] for server, kinds in SERVERS.items()}
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = True, api=None,
+                commit_message: str = "Upload from Fine-Tuning Lab") -> str:
+    """Upload a saved adapter (or merged model) folder to the Hugging Face hub as ``repo_id``;
+    return the commit's URL. Checked first, before any network: the repo id is valid, the folder
+    has its model card, and an adapter names its base by hub id (a local path would be useless
+    there). ``api`` defaults to ``huggingface_hub.HfApi(token=token)``; log in with
+    ``huggingface-cli login`` or pass ``token``. The repository is created (private by default)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    folder = Path(folder)
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("it needs your user or organisation: 'me/my-adapter'")
+    except HFValidationError as e:
+        raise ValueError(f"repo_id={repo_id!r} is not a hub repository id ({e})") from None
+    if not folder.is_dir():
+        raise AdapterError(f"{folder}: no such folder to upload")
+    if not (folder / CARD_FILE).is_file():
+        raise AdapterError(f"{folder / CARD_FILE}: missing; save with serving.save_adapter or save_merged, "
+                           "which write the model card")
+    if (folder / CONFIG_FILE).is_file():
+        base = json.loads((folder / CONFIG_FILE).read_text()).get("base_model_name_or_path") or ""
+        from .models import looks_like_path
+
+        if not base or looks_like_path(base) or Path(base).exists():
+            raise AdapterError(f"{folder / CONFIG_FILE}: base_model_name_or_path={base!r} is not a hub id; "
+                               "nobody who downloads this adapter could load its base")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                               commit_message=commit_message)
+    return str(getattr(commit, "commit_url", commit))
