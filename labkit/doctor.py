@@ -154,6 +154,9 @@ def device_checks() -> list[Check]:
                                              f"({why + '; ' if why else ''}set LABKIT_PROFILE to change)"))
     except ValueError as e:
         checks.append(Check("profile", False, str(e), "export LABKIT_PROFILE=cpu (or smoke, gpu)"))
+    from . import threads
+
+    checks.append(Check("threads", True, threads.describe()))
     return checks
 
 

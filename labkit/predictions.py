@@ -149,6 +149,9 @@ def generate_many(model, tokenizer, texts: list[str], max_new_tokens: int = 40, 
     Returns one ``{"text", "stopped"}`` per continuation, the ``n`` of the first text first: the new
     tokens decoded without special tokens, and whether the model ended the reply itself (an
     end-of-sequence token) within ``max_new_tokens``."""
+    from .threads import size_threads
+
+    size_threads()   # this process's share of the CPUs, now (labkit.threads)
     device = _device(model)
     sampling = decoding(temperature, seed, device)   # one generator for every batch
     was_training = model.training

@@ -30,6 +30,7 @@ from .patches import NonFiniteLoss, guarded, quiet
 from .experiment import ExperimentConfig
 from .profiles import profile as get_profile
 from .reproducibility import seeded
+from .threads import size_threads
 from .plots import LabFigure, lab_layout
 
 METHODS = ("full", "lora", "dora", "qlora")
@@ -77,6 +78,7 @@ class TrainConfig(ExperimentConfig):
     adapter_sums_fp32: bool = False   # under bf16, add LoRA's output in float32 (DPO needs it; SFT does not)
     packing_strategy: str = "wrapped"  # with packing: texts end to end; TRL's "bfd" keeps them apart (slower here)
     fill_uninitialized_memory: bool = False  # deterministic mode's NaN-filling of new tensors (a debugging aid)
+    gradient_checkpointing: bool = True   # TRL's default: recompute activations in the backward pass (less memory, more time)
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first bad parameter."""
@@ -102,7 +104,8 @@ class TrainConfig(ExperimentConfig):
                 "target_modules", "must be 'all-linear' or a non-empty list of layer names")
         need(self.mixed_precision in (None, "no", "bf16", "fp16"), "mixed_precision",
              "choose None (from the profile), 'no', 'bf16' or 'fp16'")
-        for name in ("packing", "cpu_full_logits", "adapter_sums_fp32", "fill_uninitialized_memory"):
+        for name in ("packing", "cpu_full_logits", "adapter_sums_fp32", "fill_uninitialized_memory",
+                     "gradient_checkpointing"):
             need(isinstance(getattr(self, name), bool), name, "must be True or False")
         need(self.packing_strategy in PACKING_STRATEGIES, "packing_strategy", f"choose one of {PACKING_STRATEGIES}")
         need(is_whole(self.seed, 0), "seed", "must be a non-negative whole number")
@@ -420,6 +423,7 @@ def sft_config(cfg: TrainConfig, output_dir: str, has_eval: bool, device: str):
         # row is padding. "wrapped" lets a row's texts see each other; TRL's default "bfd" keeps
         # them apart with a block mask, which on the CPU ran slower than no packing at all.
         packing=cfg.packing, packing_strategy=cfg.packing_strategy,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
 
@@ -459,6 +463,7 @@ def run_trainer(make_trainer, label: str, steps: int, *, seed: int, config: dict
     restored to those before the run, and the history says so."""
     from transformers.trainer_callback import PrinterCallback
 
+    size_threads()   # this process's share of the CPUs, now (labkit.threads)
     history = History(config=config or {})
     if plot is None and (in_notebook() if live is None else live):
         from IPython.display import display

@@ -4,6 +4,10 @@ import pytest
 
 os.environ.setdefault("LABKIT_PROFILE", "smoke")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs one notebook kernel at a time beside its own, idle pytest process, which counts as a
+# lab kernel once a test has trained (labkit.threads): without this each kernel would get half the
+# cores. The thread sizing's own tests set or clear the variable themselves.
+os.environ.setdefault("LABKIT_THREADS", "all")
 
 
 @pytest.fixture
