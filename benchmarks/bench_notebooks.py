@@ -11,6 +11,7 @@ ledger (<profile>)": every lesson's claims, what this run measured, and the verd
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -36,7 +37,7 @@ def _alarm(signum, frame):
     raise TooLong
 
 
-def run(path: Path, profile: str, limit_s: int, outputs: Path) -> tuple[float, str]:
+def run(path: Path, profile: str, limit_s: int, outputs: Path, save: Path | None = None) -> tuple[float, str]:
     os.environ["LABKIT_PROFILE"] = profile
     os.environ["LABKIT_OUTPUTS"] = str(outputs)   # the claims ledger of this profile
     nb = nbformat.read(path, as_version=4)
@@ -53,7 +54,11 @@ def run(path: Path, profile: str, limit_s: int, outputs: Path) -> tuple[float, s
         status = f"error: {type(e).__name__}"
     finally:
         signal.alarm(0)
-    return time.perf_counter() - start, status
+    elapsed = time.perf_counter() - start
+    if save is not None:   # for benchmarks/build_site.py --executed
+        save.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save / path.name)
+    return elapsed, status
 
 
 def main():
@@ -61,16 +66,23 @@ def main():
     ap.add_argument("--profiles", nargs="+", default=["smoke", "cpu"])
     ap.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 01 02")
     ap.add_argument("--limit-s", type=int, default=900, help="stop a notebook that runs longer than this")
+    ap.add_argument("--save-executed", type=Path, default=None,
+                    help="keep the last profile's executed notebooks and times.json here (build_site.py --executed)")
     args = ap.parse_args()
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if args.only:
         paths = [p for p in paths if p.name[:2] in args.only]
     rows = []
     ledgers = {p: Path(tempfile.mkdtemp(prefix=f"labkit-claims-{p}-")) for p in args.profiles}
+    times = {}
     for path in paths:
         row = {"notebook": path.stem}
         for profile in args.profiles:
-            secs, status = run(path, profile, args.limit_s, ledgers[profile])
+            save = args.save_executed if profile == args.profiles[-1] else None
+            secs, status = run(path, profile, args.limit_s, ledgers[profile], save)
+            if save is not None:
+                times[path.stem] = round(secs, 1)
+                (save / "times.json").write_text(json.dumps(times, indent=1))
             row[f"{profile} (s)"] = round(secs, 1)
             row[f"{profile} within goal"] = "yes" if secs <= GOAL_S[profile] and status == "ok" else f"NO ({status})"
             print(f"{path.stem} [{profile}]: {secs:.1f} s {status}", flush=True)
