@@ -119,7 +119,9 @@ def read_ledger(path) -> list[dict]:
 def gather(root=None) -> list[dict]:
     """Every notebook's entries under ``root`` (default :func:`outputs_root`), in notebook order."""
     root = Path(root) if root else outputs_root()
-    return [e for path in sorted(root.glob("*/results.json")) for e in read_ledger(path)]
+    # only the notebooks' folders (NN_name): other folders under outputs/ hold other results.json
+    # files (notebook 06 keeps its comparison in outputs/rlhf/results.json)
+    return [e for path in sorted(root.glob("[0-9][0-9]_*/results.json")) for e in read_ledger(path)]
 
 
 def show_measured(measured: dict) -> str:

@@ -208,9 +208,12 @@ def load_gguf(path, dtype=torch.float32):
     """``(model, tokenizer)`` read back from a GGUF file by transformers' own GGUF loader."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .patches import no_gguf_progress_bar
+
     path = Path(path)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
+    with no_gguf_progress_bar():   # a widget in a notebook, blank without a kernel
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
     return model, tok
 
 

@@ -30,6 +30,13 @@ measuring (issue #11)", "DPO and GRPO on the CPU" and "Loss in bf16 against floa
    Switch: ``RLHFConfig.adapter_sums_fp32``, ``TrainConfig.adapter_sums_fp32``.
    Test: ``tests/test_training.py::test_adapter_sums_in_float32_keep_an_adapter_smaller_than_bf16_rounding``.
 
+4. :func:`no_gguf_progress_bar` (reading a GGUF file back, ``labkit.gguf_export``)
+   replaces ``transformers.modeling_gguf_pytorch_utils.tqdm`` by the same bar, switched off.
+   Why: in a notebook that bar is a widget, blank in every static copy of the page, and
+   transformers' ``disable_progress_bar()`` does not reach it (it calls tqdm directly).
+   Switch: none (a bar over 272 tensors teaches nothing).
+   Test: ``tests/test_notebooks.py`` (notebook 12 shows no widget without a static copy).
+
 :func:`guarded` itself only subclasses a trainer and overrides its ``compute_loss`` (public API):
 it stops on a non-finite loss (``tests/test_training.py::test_non_finite_loss_stops_and_keeps_finite_weights``)
 and applies the patches above while ``train()`` runs. :func:`quiet` is no patch either: it silences
@@ -195,3 +202,18 @@ def quiet():
             bnb_logger.setLevel(level)
             if bars:
                 datasets.enable_progress_bars()
+
+
+@contextmanager
+def no_gguf_progress_bar():
+    """While inside: transformers' GGUF loader draws no progress bar (patch 4 above)."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original

@@ -21,6 +21,8 @@ def test_an_entry_is_written_replaced_by_its_claim_and_gathered_in_notebook_orde
     claims.record("02_weights", "c2", says="s", measured={"p": 0.5}, verdict="within noise")
     claims.record("02_weights", "c1", says="s", measured={"p": 0.125}, verdict=False)   # rerun: replaced
     claims.record("00_start", "c0", says="s", measured={"top": " Paris"}, verdict=True)
+    (outputs / "rlhf").mkdir()   # notebook 06 keeps its own comparison there: not a ledger
+    (outputs / "rlhf" / "results.json").write_text(json.dumps({"comparison": []}))
     on_disk = json.loads((outputs / "02_weights" / "results.json").read_text())
     assert [e["claim"] for e in on_disk] == ["c2", "c1"]
     got = claims.gather()
@@ -48,9 +50,9 @@ def test_numpy_and_torch_numbers_are_stored_as_floats_and_bad_input_is_named(out
 
 
 def test_a_corrupt_ledger_is_named(outputs):
-    (outputs / "x").mkdir()
-    (outputs / "x" / "results.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"x/results.json: not a claims ledger"):
+    (outputs / "03_x").mkdir()
+    (outputs / "03_x" / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"03_x/results.json: not a claims ledger"):
         claims.gather()
 
 

@@ -78,3 +78,14 @@ def test_peft_layers_still_add_the_adapter_to_their_base_layers_output():
     assert issubclass(Linear, BaseTunerLayer)
     assert list(inspect.signature(BaseTunerLayer.get_base_layer).parameters) == ["self"]
     assert {"base_layer", "lora_A", "lora_B", "scaling"} <= names_looked_up(Linear.forward)
+
+
+def test_the_gguf_loaders_progress_bar_is_still_where_no_gguf_progress_bar_switches_it_off():
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from labkit.patches import no_gguf_progress_bar
+
+    original = gguf_utils.tqdm
+    with no_gguf_progress_bar():
+        assert gguf_utils.tqdm(range(3)).disable
+    assert gguf_utils.tqdm is original
