@@ -69,13 +69,13 @@ def build(model_name: str, batch: int, length: int):
     return step
 
 
-def wait_for_all(barrier: Path, kernels: int, timeout: float = 900.0) -> None:
-    """Say this kernel is ready, then wait until every kernel of the run is."""
-    (barrier / f"ready-{os.getpid()}").write_text("")
+def wait_for_all(barrier: Path, kernels: int, timeout: float = 900.0, stage: str = "ready") -> None:
+    """Say this kernel has reached ``stage``, then wait until every kernel of the run has."""
+    (barrier / f"{stage}-{os.getpid()}").write_text("")
     deadline = time.monotonic() + timeout
-    while len(list(barrier.glob("ready-*"))) < kernels:
+    while len(list(barrier.glob(f"{stage}-*"))) < kernels:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(list(barrier.glob('ready-*')))} of {kernels} kernels got ready")
+            raise TimeoutError(f"only {len(list(barrier.glob(f'{stage}-*')))} of {kernels} kernels reached {stage}")
         time.sleep(0.05)
 
 
@@ -92,6 +92,8 @@ def worker(args) -> dict:
     step = build(args.model, args.batch, args.length)
     wait_for_all(Path(args.barrier), args.kernels)
     choice = threads.size_threads() if args.worker == "labkit" else None   # every kernel now counted
+    # and no kernel steps (and, on a quick model, ends and leaves the count) before all have counted
+    wait_for_all(Path(args.barrier), args.kernels, stage="counted")
     step()   # untimed: one-time set-up
     seconds = []
     for _ in range(args.steps):

@@ -51,7 +51,7 @@ def test_format_check_names_the_problem():
     assert len(kept) == 1
     reasons = dict(rep.removed)
     assert "last message must be the assistant" in reasons[1]
-    assert "content must be a non-empty string" in reasons[2]
+    assert "'messages[1].content' is empty" in reasons[2]
     assert "missing field 'messages'" in reasons[3]
 
 
