@@ -155,11 +155,33 @@ def sum_time(times: dict, profile: str, numbers: list[str]) -> str:
     return f"{math.ceil(sum(values) / 60)} min"
 
 
+SERVERS = ((8, 32), (16, 64), (32, 128), (64, 256))   # cores, GiB: common shared-server sizes
+
+
+def learners_table(body: str) -> str:
+    """Learners per server, from the section's measured peak per kernel in each profile
+    (``labkit.threads.capacity``: memory the hard limit, one core per learner the soft one)."""
+    from labkit.threads import capacity as learners
+
+    peaks = {m.group(1): float(m.group(2)) for m in
+             re.finditer(r"^\| (smoke|cpu|gpu) \| [^|]+\| [^|]+\| [^|]+\| ([0-9.]+) \|$", body, re.M)}
+    if not peaks:
+        return ""
+    rows = ["| server | " + " | ".join(f"learners, {p} profile ({peaks[p]:.1f} GiB each)" for p in peaks) + " |",
+            "|---|" + "---|" * len(peaks)]
+    for cores, mem in SERVERS:
+        rows.append(f"| {cores} cores, {mem} GiB | " + " | ".join(str(learners(cores, mem, peaks[p])) for p in peaks) + " |")
+    return ("\n\nWhat that means for a shared server (`labkit.threads.capacity`: memory is the hard limit, "
+            "2 GiB kept for the system and Jupyter; one core per learner keeps training near its single-kernel "
+            "speed, as measured above with labkit's sizing). A notebook holding several models at once peaks "
+            "higher than this step loop, so leave a margin:\n\n" + "\n".join(rows))
+
+
 def capacity(results: str) -> str:
     for level, title, body in sections(results):
         if CAPACITY_SECTION in title.lower():
             body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 1) + " ", body, flags=re.M)
-            return f"From `benchmarks/RESULTS.md`, section \"{title}\":\n\n{body}"
+            return f"From `benchmarks/RESULTS.md`, section \"{title}\":\n\n{body}" + learners_table(body)
     return ("**Not measured yet.** `benchmarks/RESULTS.md` has no section \"Kernels side by side\" (how many "
             "learners' kernels one server runs side by side, and how fast). Until it does, give every learner "
             "their own machine, or measure your server before the workshop.")

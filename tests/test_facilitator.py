@@ -158,3 +158,12 @@ def test_docs_facilitator_md_is_up_to_date(bf):
     """The committed guide is what the template, RESULTS.md and the notebooks make now (regenerate with
     `.venv/bin/python benchmarks/build_facilitator.py`)."""
     assert bf.main(["--check"]) == 0
+
+
+def test_learners_per_server_come_from_the_measured_peaks(bf):
+    body = ("| profile | batch x tokens | s/step | peak RSS MiB | peak RSS GiB |\n|---|---|---|---|---|\n"
+            "| smoke | 2 x 64 | 1.1 | 1.44e+03 | 1.4 |\n| cpu | 8 x 128 | 6.95 | 3.87e+03 | 3.9 |")
+    table = bf.learners_table(body)
+    # 8 cores, 32 GiB: memory allows (32 - 2) // 3.9 = 7 cpu-profile kernels, cores 8
+    assert "| 8 cores, 32 GiB | 8 | 7 |" in table and "cpu profile (3.9 GiB each)" in table
+    assert bf.learners_table("no peaks here") == ""
