@@ -7,8 +7,9 @@ Each notebook ends by recording its headline claims::
                   measured={"p before": p0, "p after": p1}, verdict=p1 > 2 * p0)
 
 ``verdict`` is computed from the numbers by the notebook: ``True`` (holds), ``False`` (does not
-hold) or ``"within noise"`` (the difference is smaller than the run-to-run or sampling noise, so
-this scale cannot show it); :func:`verdict` with :func:`proportion_noise` or :func:`paired_noise`
+hold), ``"within noise"`` (the difference is smaller than the run-to-run or sampling noise, so
+this scale cannot show it) or ``"not reproduced"`` (a measured limit of this run kept the effect
+from showing at all, said in ``note`` with its number); :func:`verdict` with :func:`proportion_noise` or :func:`paired_noise`
 computes it for a difference. The entries go to ``outputs/<notebook>/results.json``, with the
 profile, the machine and the date; ``python -m labkit claims`` gathers every notebook's entries
 into one table (``LABKIT_OUTPUTS`` moves the ``outputs/`` folder).
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from . import files
 
-VERDICTS = {True: "holds", False: "does not hold", "within noise": "within noise (not shown at this scale)"}
+VERDICTS = {True: "holds", False: "does not hold", "within noise": "within noise (not shown at this scale)",
+            "not reproduced": "not reproduced at this scale"}
 
 
 def outputs_root() -> Path:
@@ -87,7 +89,8 @@ def _value(name: str, value):
 def record(notebook: str, claim: str, says: str, measured: dict, verdict, note: str = "") -> dict:
     """Add (or replace, by ``claim``) one entry in ``notebook``'s ledger and return it."""
     if verdict not in VERDICTS:
-        raise ValueError(f"verdict={verdict!r}: True (holds), False (does not hold) or 'within noise'")
+        raise ValueError(f"verdict={verdict!r}: True (holds), False (does not hold), 'within noise' "
+                         "or 'not reproduced'")
     if not measured:
         raise ValueError("measured: give the numbers the verdict was computed from")
     from .profiles import profile

@@ -81,6 +81,9 @@ class RLHFConfig(ExperimentConfig):
     lora_r: int = 8
     lora_alpha: int = 16
     mixed_precision: str = "no"          # "bf16" where the CPU has it (the profile decides)
+    # TRL turns gradient checkpointing on by default: less memory, one more forward pass per step, and
+    # GRPO's sampling then runs without a KV cache. At 135M parameters the memory saved is small.
+    gradient_checkpointing: bool = False
     eval_prompts: int = 16
     eval_max_new_tokens: int = 96       # the comparison's answers: long enough for most to finish
     # DPO and GRPO's speed and precision switches, as measured in benchmarks/RESULTS.md (labkit/patches.py):
@@ -118,7 +121,7 @@ class RLHFConfig(ExperimentConfig):
             policy_steps=P.pick(smoke=1, cpu=10, gpu=200),
             prompts_per_step=P.pick(smoke=1, cpu=2, gpu=8),
             num_generations=P.pick(smoke=2, cpu=4, gpu=8),
-            max_completion_length=P.pick(smoke=8, cpu=32, gpu=96),
+            max_completion_length=P.pick(smoke=8, cpu=32, gpu=160),   # gpu: most answers end inside it
             dpo_steps=P.pick(smoke=1, cpu=10, gpu=200),
             dpo_batch_size=P.pick(smoke=2, cpu=4, gpu=16),
             dpo_max_length=P.pick(smoke=64, cpu=128, gpu=256),
@@ -295,7 +298,8 @@ def _common_args(cfg: RLHFConfig, out: str, steps: int, lr: float, device: str) 
     return dict(output_dir=out, max_steps=steps, learning_rate=lr, lr_scheduler_type="constant",
                 logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=cfg.seed,
                 data_seed=cfg.seed, use_cpu=device == "cpu", bf16=cfg.mixed_precision == "bf16",
-                fp16=cfg.mixed_precision == "fp16", dataloader_num_workers=0)
+                fp16=cfg.mixed_precision == "fp16", dataloader_num_workers=0,
+                gradient_checkpointing=cfg.gradient_checkpointing)
 
 
 class LogRows(TrainerCallback):

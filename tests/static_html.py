@@ -20,9 +20,20 @@ READ_PLOTS = """() => Array.from(document.querySelectorAll('.labkit-figure, .js-
       : v.bdata ? (v.shape ? String(v.shape).split(',').reduce((a, b) => a * +b, 1)
                            : atob(v.bdata).length / (bytes[v.dtype] || 1)) : 0;
     const points = traces.reduce((s, t) => s + Math.max(n(t.x), n(t.y), n(t.z), n(t.values), n(t.r)), 0);
-    const title = el.layout && el.layout.title ? (el.layout.title.text || el.layout.title) : '';
+    const label = t => !t ? '' : String(t.text !== undefined ? t.text : t);
+    const layout = el._fullLayout || el.layout || {};
+    const axes = Object.keys(layout).filter(k => /^[xy]axis\d*$/.test(k))
+      .map(k => ({axis: k, title: label(layout[k].title), range: layout[k].range || null,
+                  autorange: layout[k].autorange}));
     return {id: el.id, drawn: !!el._fullLayout, traces: traces.length, points: points,
-            title: String(title || ''), text: (el.textContent || '').slice(0, 200)};
+            title: label(el.layout && el.layout.title), text: (el.textContent || '').slice(0, 200),
+            axes: axes,
+            series: traces.map(t => ({name: String(t.name || ''), type: t.type || 'scatter',
+                                      points: Math.max(n(t.x), n(t.y), n(t.z), n(t.values), n(t.r)),
+                                      visible: t.visible === undefined ? true : t.visible,
+                                      colors: t.marker && Array.isArray(t.marker.color) ? t.marker.color.map(String) : null,
+                                      ys: Array.isArray(t.y) ? t.y.slice(0, 50) : null,
+                                      xs: Array.isArray(t.x) ? t.x.slice(0, 50).map(String) : null}))};
   })"""
 
 
@@ -62,3 +73,48 @@ def plots_without_data(plots: list[dict]) -> list[str]:
     return [f"{p['title'] or p['id'] or 'untitled chart'}: "
             + ("never drawn (" + (p["text"] or "no plotly.js on the page") + ")" if not p["drawn"] else "no data")
             for p in plots if not p["drawn"] or p["points"] == 0]
+
+
+# Words that mean a label was built from a missing value ("layer 0 nan", "None", "undefined").
+_BAD_WORD = r"\b(nan|NaN|None|undefined|null|inf)\b"
+
+
+def label_defects(plots: list[dict]) -> list[str]:
+    """A line for each chart whose labels a reader would stumble on (issue #22's list):
+
+    - a title, axis title or legend name showing a missing value (``nan``, ``None``, ``undefined``);
+    - a legend entry with no points (an empty validation trace in a live loss plot);
+    - a reward-model or DPO loss labelled as a cross-entropy per token (it is a pairwise loss);
+    - a probability axis pinned to [0, 1] on a chart whose bars all sit below 0.05 (invisible bars);
+    - a chart titled "... prefers A" whose bar for A is not the taller one or has the loser's colour."""
+    import re
+
+    problems = []
+    for p in plots:
+        name = p.get("title") or p.get("id") or "untitled chart"
+        labels = [("title", p.get("title", ""))] + [(a["axis"] + " title", a["title"]) for a in p.get("axes", [])] \
+            + [("trace name", s["name"]) for s in p.get("series", [])]
+        for where, text in labels:
+            if re.search(_BAD_WORD, text or ""):
+                problems.append(f"{name}: {where} {text!r} shows a missing value")
+        for s in p.get("series", []):
+            if s["name"] and s["points"] == 0 and s["visible"] is True:
+                problems.append(f"{name}: legend entry {s['name']!r} has no points")
+        pairwise = re.search(r"reward model|DPO", name, re.I)
+        for a in p.get("axes", []):
+            if pairwise and re.search(r"cross-entropy|nats/token", a["title"] or "", re.I):
+                problems.append(f"{name}: {a['axis']} says {a['title']!r}, but this loss is pairwise, not per token")
+            ys = [y for s in p.get("series", []) if s["type"] == "bar" and s["ys"] for y in s["ys"]
+                  if isinstance(y, (int, float))]
+            if a["axis"].startswith("yaxis") and a["range"] and list(a["range"]) == [0, 1] \
+                    and a.get("autorange") is not True and ys and max(ys) < 0.05:
+                problems.append(f"{name}: y-axis fixed at [0, 1] while every bar is below 0.05 (bars invisible)")
+        won = re.search(r"prefers (\w+)\b", p.get("title") or "")
+        for s in p.get("series", []):
+            if won and s["type"] == "bar" and s["xs"] and won.group(1) in s["xs"] and s["ys"] and len(s["xs"]) == 2:
+                w = s["xs"].index(won.group(1))
+                if s["ys"][w] < s["ys"][1 - w]:
+                    problems.append(f"{name}: the title names {won.group(1)} but its bar is the shorter one")
+                if s["colors"] and s["colors"][w] == s["colors"][1 - w]:
+                    problems.append(f"{name}: winner and loser drawn in the same colour")
+    return problems

@@ -11,7 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 from browser_helpers import ARTIFACTS, CHROMIUM_ARGS, LabServer, chromium_path, open_notebook, screenshot
-from static_html import export_html, offline_page, plots_without_data, read_plots
+from static_html import export_html, label_defects, offline_page, plots_without_data, read_plots
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -73,6 +73,8 @@ def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch
     assert len(plots) >= charts, f"{html.name}: {charts} chart outputs but {len(plots)} charts on the page"
     empty = plots_without_data(plots)
     assert not empty, f"{html.name} (static HTML, no kernel) shows charts without data:\n" + "\n".join(empty)
+    mislabelled = label_defects(plots)
+    assert not mislabelled, f"{html.name}: charts with labels a reader would stumble on:\n" + "\n".join(mislabelled)
 
 
 # jupyterlab-plotly draws on the output node itself (plotly 6); older versions drew inside it.
