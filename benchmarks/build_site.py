@@ -186,12 +186,13 @@ explorers are inert, their charts show what the run drew.</p>
 
 
 def check_pages(pages: list[dict], out: Path) -> list[str]:
-    """Open every page in Chromium (no kernel, no network): each chart drawn and holding data.
-    Sets each page's ``charts_check``; returns the problems."""
+    """Open every page in Chromium (no kernel, no network): each chart drawn and holding data, its
+    labels free of the defects ``static_html.label_defects`` names. Sets each page's
+    ``charts_check``; returns the problems."""
     from playwright.sync_api import sync_playwright
 
     from browser_helpers import CHROMIUM_ARGS, chromium_path
-    from static_html import offline_page, plots_without_data, read_plots
+    from static_html import label_defects, offline_page, plots_without_data, read_plots
 
     problems = []
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="labkit-site-chromium-") as profile_dir:
@@ -212,8 +213,8 @@ def check_pages(pages: list[dict], out: Path) -> list[str]:
                     found.append(f"{page['file']}: no banner")
                 if len(plots) < page["charts"]:
                     found.append(f"{page['file']}: {page['charts']} chart outputs but {len(plots)} charts on the page")
-                found += [f"{page['file']}: {e}" for e in empty]
-                page["charts_check"] = (f"{len(plots)} drawn, all with data" if not found
+                found += [f"{page['file']}: {e}" for e in empty + label_defects(plots)]
+                page["charts_check"] = (f"{len(plots)} drawn, all with data and clean labels" if not found
                                         else f"{len(found)} problem(s)")
                 problems += found
         finally:

@@ -103,6 +103,17 @@ class Experiment(dict):
             _check_json(name, value)
         super().__init__(json.loads(json.dumps(values)))   # a copy: tuples become lists, as in the file
 
+    def __setitem__(self, name, value):
+        """A knob changed or added later (``CONFIG["steps"] = 40``) is checked as at creation."""
+        _check_json(name, value)
+        if name == "seed" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"seed={value!r}: must be a non-negative whole number")
+        super().__setitem__(name, json.loads(json.dumps(value)))
+
+    def update(self, *args, **values):
+        for name, value in dict(*args, **values).items():
+            self[name] = value
+
     def __getattr__(self, name):
         try:
             return self[name]

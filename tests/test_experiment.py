@@ -63,3 +63,23 @@ def test_notebooks_declare_their_knobs_in_one_style():
             if cell["cell_type"] == "code" and bare.search("".join(cell["source"])):
                 offenders.append(nb.name)
     assert not offenders, f"knobs in a bare dict (use labkit.Experiment): {offenders}"
+
+
+def test_a_knob_set_later_is_checked_like_one_given_at_creation():
+    import math
+
+    import pytest
+
+    from labkit import Experiment
+
+    e = Experiment(seed=0, small_n=20)
+    e["large_n"] = 10 * e["small_n"]
+    e.update(rates=(1e-4, 1e-3))
+    assert e == {"seed": 0, "small_n": 20, "large_n": 200, "rates": [1e-4, 1e-3]}
+    with pytest.raises(ValueError, match=r"rate=nan"):
+        e["rate"] = math.nan
+    with pytest.raises(ValueError, match=r"model=.*not JSON"):
+        e.update(model=object())
+    with pytest.raises(ValueError, match=r"seed=-1"):
+        e["seed"] = -1
+    assert "rate" not in e and "model" not in e and e["seed"] == 0
