@@ -95,7 +95,8 @@ def main():
 
     last = args.profiles[-1]
     ledger = (f"Measured {machine()}, profile `{last}`, by `benchmarks/bench_notebooks.py` (each notebook's last "
-              f"cell, `labkit.claims`; seeds as in each notebook's config).\n\n{claims.markdown(ledgers[last])}")
+              "cell, `labkit.claims`; seed: the notebook's last `labkit.set_seed`, 'none' where it seeds nothing, "
+              f"'?' where it ran before labkit recorded seeds).\n\n{claims.markdown(ledgers[last])}")
     print(ledger)
     write_section(f"Claims ledger ({last})" + ("" if not args.only else f" ({' '.join(args.only)})"), ledger)
 

@@ -93,11 +93,13 @@ def record(notebook: str, claim: str, says: str, measured: dict, verdict, note: 
                          "or 'not reproduced'")
     if not measured:
         raise ValueError("measured: give the numbers the verdict was computed from")
+    from . import reproducibility
     from .profiles import profile
 
     entry = {"notebook": notebook, "claim": claim, "says": says,
              "measured": {k: _value(k, v) for k, v in measured.items()},
              "verdict": VERDICTS[verdict], "note": note, "profile": profile().name,
+             "seed": reproducibility.LAST_SEED,   # the notebook's labkit.set_seed; None: it drew nothing at random
              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
     path = ledger_path(notebook)
     with files.locked(path):
@@ -143,14 +145,23 @@ def table(root=None):
     return pd.DataFrame(rows, columns=["notebook", "claim", "measured", "verdict", "profile", "date"])
 
 
+def _seed(entry) -> str:
+    """The seed an entry was measured with ("none": the notebook seeded nothing; "?": an entry
+    written before labkit recorded seeds)."""
+    if "seed" not in entry:
+        return "?"
+    return "none" if entry["seed"] is None else str(entry["seed"])
+
+
 def markdown(root=None) -> str:
     """The ledger as a Markdown table (for ``benchmarks/RESULTS.md``)."""
     entries = gather(root)
     if not entries:
         return "No claims recorded yet: run the notebooks first.\n"
-    lines = ["| notebook | claim | measured | verdict | profile |", "|---|---|---|---|---|"]
-    lines += [f"| {e['notebook'][:2]} | {e['claim']} | {show_measured(e['measured'])} | {e['verdict']} | "
-              f"{e['profile']} |" for e in entries]
+    lines = ["| notebook | claim | measured | verdict | profile | seed | note |", "|---|---|---|---|---|---|---|"]
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")   # noqa: E731
+    lines += [f"| {e['notebook'][:2]} | {cell(e['claim'])} | {cell(show_measured(e['measured']))} | {e['verdict']} | "
+              f"{e['profile']} | {_seed(e)} | {cell(e.get('note', ''))} |" for e in entries]
     return "\n".join(lines) + "\n"
 
 
@@ -162,7 +173,7 @@ def main(root=None) -> int:
         return 1
     for e in entries:
         print(f"{e['notebook'][:2]}  {e['verdict']:<38} {e['claim']}\n      measured: {show_measured(e['measured'])}"
-              f"  [{e['profile']}, {e['machine']}, {e['date']}]")
+              f"  [{e['profile']}, seed {_seed(e)}, {e['machine']}, {e['date']}]")
     counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS.values()}
     print("\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" ({len(entries)} claims)")
     return 0

@@ -11,11 +11,16 @@ import numpy as np
 import torch
 
 
+LAST_SEED: int | None = None   # the seed of this process's last set_seed call
+
+
 def set_seed(seed: int = 0, deterministic: bool = True, fill_uninitialized_memory: bool = False) -> int:
     """Seed every random generator the lab uses. With ``deterministic``, torch picks
     deterministic kernels where it has them, so the same seed and profile give the same losses."""
+    global LAST_SEED
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    LAST_SEED = seed   # what labkit.claims records beside each measurement
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

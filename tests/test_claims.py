@@ -16,10 +16,15 @@ def outputs(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_an_entry_is_written_replaced_by_its_claim_and_gathered_in_notebook_order(outputs):
+def test_an_entry_is_written_replaced_by_its_claim_and_gathered_in_notebook_order(outputs, monkeypatch):
+    from labkit import reproducibility
+
+    monkeypatch.setattr(reproducibility, "LAST_SEED", None)   # nothing seeded yet in this "notebook"
     claims.record("02_weights", "c1", says="s", measured={"p": 0.25, "n": 3}, verdict=True)
     claims.record("02_weights", "c2", says="s", measured={"p": 0.5}, verdict="within noise")
-    claims.record("02_weights", "c1", says="s", measured={"p": 0.125}, verdict=False)   # rerun: replaced
+    reproducibility.set_seed(7, deterministic=False)
+    claims.record("02_weights", "c1", says="s", measured={"p": 0.125}, verdict=False,   # rerun: replaced
+                  note="a | in a note")
     claims.record("00_start", "c0", says="s", measured={"top": " Paris"}, verdict=True)
     (outputs / "rlhf").mkdir()   # notebook 06 keeps its own comparison there: not a ledger
     (outputs / "rlhf" / "results.json").write_text(json.dumps({"comparison": []}))
@@ -31,7 +36,9 @@ def test_an_entry_is_written_replaced_by_its_claim_and_gathered_in_notebook_orde
         ("02_weights", "c1", "does not hold")]
     assert got[2]["measured"] == {"p": 0.125} and got[2]["profile"] == "smoke" and got[2]["machine"]
     assert list(claims.table()["verdict"]) == [e["verdict"] for e in got]
-    assert "| 02 | c1 | p 0.125 | does not hold | smoke |" in claims.markdown()
+    assert got[2]["seed"] == 7 and got[1]["seed"] is None
+    assert "| 02 | c1 | p 0.125 | does not hold | smoke | 7 | a \\| in a note |" in claims.markdown()
+    assert "| 02 | c2 | p 0.5 | within noise (not shown at this scale) | smoke | none |  |" in claims.markdown()
 
 
 def test_numpy_and_torch_numbers_are_stored_as_floats_and_bad_input_is_named(outputs):

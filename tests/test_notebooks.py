@@ -98,7 +98,7 @@ def check_ledger(path, outputs):
         assert numbers, f"{path.name}: claim {e['claim']!r} has no measured number"
         bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
         assert not bad, f"{path.name}: claim {e['claim']!r} has non-finite numbers {bad}"
-        assert e["verdict"] and e["profile"] == "smoke"
+        assert e["verdict"] and e["profile"] == "smoke" and "seed" in e
 
 
 FIRST_CHART = """() => { const gd = document.querySelector('%s');
