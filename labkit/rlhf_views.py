@@ -126,10 +126,12 @@ def comparison_figure(summary, title: str | None = None):
     return LabFigure(fig)
 
 
-def verdict(summary, steps: dict, profile: str, answers=None) -> str:
+def verdict(summary, steps: dict, profile: str, answers=None, clipped: dict | None = None) -> str:
     """Plain-language conclusions from ``rlhf.compare_policies``' summary, each method against
     the base model: did the reward go up and the answers get at least 10% shorter, by more than the
-    noise of this many prompts (with ``answers``, its per-prompt table), and if not, why not."""
+    noise of this many prompts (with ``answers``, its per-prompt table), and if not, why not.
+    ``clipped`` (method -> share of its training samples cut at the completion limit, GRPO's
+    ``completions/clipped_ratio``) names the limit that kept a method from learning to stop sooner."""
     from .claims import paired_noise
 
     base = summary.set_index("method").loc["base"]
@@ -159,6 +161,9 @@ def verdict(summary, steps: dict, profile: str, answers=None) -> str:
             line += "The reward rose, but the answers are not clearly shorter (under 10% fewer words, or within noise)."
         else:
             why = [f"only {steps.get(name, '?')} optimizer steps"]
+            if (clipped or {}).get(name, 0) > 0.9:
+                why.append(f"{clipped[name]:.0%} of its training samples were cut at the completion limit, so it "
+                           "never saw a shorter answer end and earn more")
             if base["finished answers"] == 0 and row["finished answers"] == 0:
                 why.append("every answer still runs into the max_new_tokens limit, so its length can only fall "
                            "once the model learns to stop early")

@@ -284,6 +284,10 @@ def test_verdict_needs_ten_percent_fewer_words_beyond_the_noise():
     text = verdict(summary, steps={"DPO": 10, "GRPO": 10}, profile="cpu", answers=answers).splitlines()
     assert "moved the answers towards the target" in text[0] and text[0].startswith("DPO")
     assert "did NOT clearly improve" in text[1] and "noise ±" in text[1]
+    assert "cut at the completion limit" not in text[1]
+    clipped = verdict(summary, steps={"DPO": 10, "GRPO": 10}, profile="cpu", answers=answers,
+                      clipped={"GRPO": 0.98}).splitlines()[1]
+    assert "98% of its training samples were cut at the completion limit" in clipped
     # the same GRPO shortening without per-prompt answers is judged only against the 10% rule
     shorter = answers.assign(**{"GRPO words": [80, 70, 85, 80], "GRPO reward": [2.0, 2.1, 1.9, 2.0]})
     summary.loc[2, ["mean words", "mean reward"]] = [shorter["GRPO words"].mean(), 2.0]
