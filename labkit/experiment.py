@@ -88,6 +88,13 @@ def _check_json(name: str, value) -> None:
     raise ValueError(f"{name}={value!r}: a {type(value).__name__} is not JSON; use numbers, text, lists or dicts")
 
 
+def _check_knob(name: str, value) -> None:
+    """A knob's value is plain JSON; the seed a non-negative whole number."""
+    if name == "seed" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"seed={value!r}: must be a non-negative whole number")
+    _check_json(name, value)
+
+
 class Experiment(dict):
     """A notebook's knobs: keywords, JSON values only, a ``seed`` required. A dict (so
     ``json.dumps`` takes it as it is) whose knobs also read as attributes; :meth:`to_dict`,
@@ -96,18 +103,13 @@ class Experiment(dict):
     def __init__(self, **values):
         if "seed" not in values:
             raise ValueError("Experiment needs a seed (seed=0): the seed is part of the experiment")
-        seed = values["seed"]
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed={seed!r}: must be a non-negative whole number")
         for name, value in values.items():
-            _check_json(name, value)
+            _check_knob(name, value)
         super().__init__(json.loads(json.dumps(values)))   # a copy: tuples become lists, as in the file
 
     def __setitem__(self, name, value):
         """A knob changed or added later (``CONFIG["steps"] = 40``) is checked as at creation."""
-        _check_json(name, value)
-        if name == "seed" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"seed={value!r}: must be a non-negative whole number")
+        _check_knob(name, value)
         super().__setitem__(name, json.loads(json.dumps(value)))
 
     def update(self, *args, **values):

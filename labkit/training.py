@@ -435,11 +435,8 @@ def unwrap(model):
     generated token would recompute the whole text. Returns the model, in eval mode."""
     from accelerate.utils import extract_model_from_parallel
 
-    import warnings
-
     model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
-    with warnings.catch_warnings():   # transformers 5 renames these methods; nothing for a learner to do
-        warnings.filterwarnings("ignore", message=".*checkpointing.*deprecated", category=FutureWarning)
+    with quiet():   # transformers 5 renames these methods; nothing for a learner to do
         if getattr(model, "is_gradient_checkpointing", False):
             model.gradient_checkpointing_disable()
     for settings in (getattr(model, "config", None), getattr(model, "generation_config", None)):
