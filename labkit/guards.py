@@ -7,7 +7,8 @@ model generates nothing. :class:`DivergenceGuard` watches each step and stops th
 - a trainable weight is no longer a finite number (NaN or infinity),
 - the gradient's norm is not finite (the update it drives would be garbage),
 - for language modelling (given the vocabulary size): the loss climbs far above where it started
-  (more than doubled, and by more than 2 nats), or a loss that started well below the uniform
+  (more than doubled, by more than 2 nats, and past half the uniform level: a hard batch after an
+  easy one can take a healthy run from 0.7 to 2.9), or a loss that started well below the uniform
   level rises to it. (A reward model's, GRPO's or DPO's loss has other scales: only the first two
   checks apply to them.)
 
@@ -73,7 +74,7 @@ class DivergenceGuard(TrainerCallback):
         elif start < 0.85 * self.uniform and loss > 0.95 * self.uniform:
             why = (f"the loss rose from {start:.2f} to {loss:.2f}, the level of a model that guesses every "
                    f"token uniformly (ln of the vocabulary = {self.uniform:.2f})")
-        elif loss > max(2 * start, start + 2):
+        elif loss > max(2 * start, start + 2, self.uniform / 2):   # one batch's loss varies (0.7 then 2.9)
             why = f"the loss rose from {start:.2f} to {loss:.2f}"
         else:
             return

@@ -48,3 +48,8 @@ def test_each_defect_of_issue_22_is_named():
 def test_a_hidden_empty_trace_is_not_a_defect():
     """plotly's 'legendonly' traces are the learner's choice, not a broken chart."""
     assert label_defects([chart("Loss", [axis("loss")], [trace("train"), trace("validation", ys=(), visible="legendonly")])]) == []
+
+
+def test_a_chart_with_no_data_at_all_is_left_to_plots_without_data():
+    """An empty chart is one problem ("no data", from plots_without_data), not one more per legend entry."""
+    assert label_defects([chart("Loss", [axis("loss")], [trace("train", ys=(), xs=())])]) == []

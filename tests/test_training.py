@@ -289,6 +289,25 @@ def test_a_loss_at_the_uniform_level_stops_the_run():
     assert random_start.reason is None
 
 
+def test_a_hard_batch_after_an_easy_one_is_not_a_divergence():
+    """One batch's loss varies: notebook 08's cpu run started on an easy batch (0.72) and met a harder
+    one (2.84) at step 2. That is not a diverged run, and stopping it left full fine-tuning and LoRA
+    untrained. A loss far above half the uniform level still is (03's lr=1e-2 reached 5.9 and 16)."""
+    from types import SimpleNamespace
+
+    from labkit.guards import DivergenceGuard
+
+    control = SimpleNamespace(should_training_stop=False)
+    guard = DivergenceGuard(vocab_size=49152)
+    for step, loss in enumerate([0.72, 2.84, 2.94, 1.9], start=1):
+        guard.on_log(None, SimpleNamespace(global_step=step), control, logs={"loss": loss, "grad_norm": 2.0})
+    assert guard.reason is None and not control.should_training_stop
+    guard = DivergenceGuard(vocab_size=49152)
+    for step, loss in enumerate([2.19, 5.93], start=1):
+        guard.on_log(None, SimpleNamespace(global_step=step), control, logs={"loss": loss, "grad_norm": 2.0})
+    assert control.should_training_stop and guard.reason.startswith("diverged at step 2: the loss rose from 2.19 to 5.93")
+
+
 def test_a_nan_loss_after_a_broken_update_says_the_weights_were_restored(toy, toy_text):
     """If an update made the weights NaN (here, a callback after the guard's check), the next loss
     is NaN: the message must not claim the weights are those of the step before."""
