@@ -205,14 +205,24 @@ def load_results(profile=None) -> dict[str, dict]:
     return out
 
 
+def finished(result: dict) -> bool:
+    """Whether a saved run trained to its end (or to early stopping): a diverged run's weights were
+    restored (it scores the base model) and an interrupted one stopped part way."""
+    stopped = result.get("stopped", "finished")
+    return stopped == "finished" or stopped.startswith("early stopping")
+
+
 def ensure_results(methods=METHODS, profile=None, **run_kwargs) -> dict[str, dict]:
-    """Saved results for ``methods`` (and the base model), computing the missing ones."""
+    """Saved results for ``methods`` (and the base model), computing the missing ones and those
+    whose run did not finish."""
     p = profile or get_profile()
     results = load_results(p)
     if "base" not in results:
         results["base"] = base_metrics(p)
     for m in methods:
-        if m not in results:
+        if m in results and not finished(results[m]):
+            print(f"[labkit] {m}: the saved run did not finish ({results[m]['stopped']}); training it again")
+        if m not in results or not finished(results[m]):
             r = run_method(m, p, **run_kwargs)
             results[m] = {k: v for k, v in r.items() if k not in ("model", "tokenizer")}
     return results

@@ -86,3 +86,20 @@ def test_weight_snapshots_record_change_during_training():
     assert {r["step"] for r in snaps.rows} == {1, 2} and len(snaps.rows) == 4   # 2 layers x 2 steps
     assert all(r["delta_d"] >= 0 and r["delta_m"] >= 0 for r in snaps.rows)
     assert max(r["delta_d"] for r in snaps.rows) > 0
+
+
+def test_a_saved_run_that_did_not_finish_is_trained_again(tmp_path, monkeypatch, capsys):
+    """A saved result whose run diverged (its weights restored: it scores the base model) or was
+    interrupted must not stand in a later notebook's table: 09 and 10 showed a QLoRA and a DoRA
+    'trained' on the cpu profile that had stopped at step 2."""
+    monkeypatch.chdir(tmp_path)
+    compare._save({**fake("base", 2.0)})
+    compare._save({**fake("lora", 1.2), "stopped": "finished"})
+    compare._save({**fake("dora", 2.0), "stopped": "diverged at step 2: the loss rose from 0.72 to 2.94"})
+    compare._save({**fake("qlora", 1.3), "stopped": "early stopping at step 4: validation loss rose"})
+    trained = []
+    monkeypatch.setattr(compare, "run_method", lambda m, p, **kw: trained.append(m) or fake(m, 1.1))
+    results = compare.ensure_results(["lora", "dora", "qlora"], profile("smoke"))
+    assert trained == ["dora"]
+    assert results["dora"]["heldout_loss"] == 1.1 and results["lora"]["heldout_loss"] == 1.2
+    assert "dora: the saved run did not finish (diverged at step 2" in capsys.readouterr().out
