@@ -35,10 +35,10 @@ def main():
     P = labkit.profile(args.profile)
     pairs = read_jsonl("preferences.jsonl", "preference")
     train = [p for p in pairs if p["split"] == "train"]
-    prompts = [p["prompt"] for p in pairs if p["split"] == "heldout"][:rlhf.RLHFConfig.for_profile(P).eval_prompts]
+    cfg0 = rlhf.RLHFConfig.for_profile(P)
+    prompts = [p["prompt"] for p in pairs if p["split"] == "heldout"][:cfg0.eval_prompts]
     start = time.perf_counter()
     base, tok = labkit.load_model()
-    cfg0 = rlhf.RLHFConfig.for_profile(P)
     base_words = [rlhf.words(a) for a in rlhf.answers(base, tok, prompts, cfg0.eval_max_new_tokens)]
     base_mean = statistics.mean(base_words)
     rows = []

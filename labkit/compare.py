@@ -220,11 +220,13 @@ def ensure_results(methods=METHODS, profile=None, **run_kwargs) -> dict[str, dic
     if "base" not in results:
         results["base"] = base_metrics(p)
     for m in methods:
-        if m in results and not finished(results[m]):
-            print(f"[labkit] {m}: the saved run did not finish ({results[m]['stopped']}); training it again")
-        if m not in results or not finished(results[m]):
-            r = run_method(m, p, **run_kwargs)
-            results[m] = {k: v for k, v in r.items() if k not in ("model", "tokenizer")}
+        saved = results.get(m)
+        if saved is not None and finished(saved):
+            continue
+        if saved is not None:
+            print(f"[labkit] {m}: the saved run did not finish ({saved['stopped']}); training it again")
+        r = run_method(m, p, **run_kwargs)
+        results[m] = {k: v for k, v in r.items() if k not in ("model", "tokenizer")}
     return results
 
 
