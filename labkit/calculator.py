@@ -54,8 +54,8 @@ QLoRA adapters have bf16 moments, a few MiB less than counted here); temporary t
 optimizer step and of 4-bit layers dequantising; the trainer's own objects; and
 ``labkit.train``'s copy of the trainable weights, kept to restore them after a divergence
 (``labkit.guards``; up to 4 GiB, so for full fine-tuning of a small model another 4 bytes a
-parameter, in the CPU's memory). ``labkit.train`` runs with gradient checkpointing on (TRL's
-``SFTConfig`` default): compare its runs with ``gradient_checkpointing=True``.
+parameter, in the CPU's memory). ``labkit.train`` runs with gradient checkpointing as its profile says
+(on in ``gpu``, TRL's default; off in ``cpu`` and ``smoke``): compare its runs with the same setting.
 
 The tests hold the formulas against published points (QLoRA paper, Dettmers et al. 2023:
 LLaMA-65B fine-tuned on one 48 GB GPU with QLoRA; 16-bit full fine-tuning of it needing more than

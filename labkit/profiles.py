@@ -9,6 +9,9 @@ One place decides steps, batch size, sequence length and evaluation sizes:
 The profile is chosen automatically (a CUDA GPU gives ``gpu``, otherwise ``cpu``) and can be
 overridden with the environment variable ``LABKIT_PROFILE`` or per call: ``profile("smoke")``.
 Mixed precision follows the device the lab trains on (:func:`labkit.models.pick_device`).
+Gradient checkpointing (TRL's default) is off in ``smoke`` and ``cpu``: a small model's activations
+fit easily there, and the recomputation cost a quarter of a LoRA step's time
+(benchmarks/RESULTS.md, "Gradient checkpointing on the CPU"); ``gpu`` keeps it on.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class Profile:
     eval_every: int       # evaluate on the validation split every N steps
     max_new_tokens: int   # tokens generated per answer
     mixed_precision: str  # "no", "bf16" or "fp16": autocast during training (bf16 only where native)
+    gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, more time
 
     def pick(self, **per_profile):
         """Choose a notebook-specific value: ``P.pick(smoke=2, cpu=30, gpu=200)``."""
@@ -41,11 +45,14 @@ class Profile:
 
 _PROFILES = {
     "smoke": Profile("smoke", train_steps=2, batch_size=2, max_length=64, eval_items=4,
-                     eval_every=1, max_new_tokens=8, mixed_precision="auto"),
+                     eval_every=1, max_new_tokens=8, mixed_precision="auto",
+                     gradient_checkpointing=False),
     "cpu": Profile("cpu", train_steps=30, batch_size=8, max_length=128, eval_items=40,
-                   eval_every=10, max_new_tokens=40, mixed_precision="auto"),
+                   eval_every=10, max_new_tokens=40, mixed_precision="auto",
+                   gradient_checkpointing=False),
     "gpu": Profile("gpu", train_steps=300, batch_size=16, max_length=256, eval_items=200,
-                   eval_every=50, max_new_tokens=80, mixed_precision="bf16"),
+                   eval_every=50, max_new_tokens=80, mixed_precision="bf16",
+                   gradient_checkpointing=True),
 }
 
 

@@ -78,7 +78,8 @@ class TrainConfig(ExperimentConfig):
     adapter_sums_fp32: bool = False   # under bf16, add LoRA's output in float32 (DPO needs it; SFT does not)
     packing_strategy: str = "wrapped"  # with packing: texts end to end; TRL's "bfd" keeps them apart (slower here)
     fill_uninitialized_memory: bool = False  # deterministic mode's NaN-filling of new tensors (a debugging aid)
-    gradient_checkpointing: bool = True   # TRL's default: recompute activations in the backward pass (less memory, more time)
+    gradient_checkpointing: bool | None = None  # recompute activations in the backward pass: less memory,
+    #                                              more time; None: the profile's (off on the CPU, on a GPU)
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first bad parameter."""
@@ -104,9 +105,10 @@ class TrainConfig(ExperimentConfig):
                 "target_modules", "must be 'all-linear' or a non-empty list of layer names")
         need(self.mixed_precision in (None, "no", "bf16", "fp16"), "mixed_precision",
              "choose None (from the profile), 'no', 'bf16' or 'fp16'")
-        for name in ("packing", "cpu_full_logits", "adapter_sums_fp32", "fill_uninitialized_memory",
-                     "gradient_checkpointing"):
+        for name in ("packing", "cpu_full_logits", "adapter_sums_fp32", "fill_uninitialized_memory"):
             need(isinstance(getattr(self, name), bool), name, "must be True or False")
+        need(self.gradient_checkpointing is None or isinstance(self.gradient_checkpointing, bool),
+             "gradient_checkpointing", "must be True, False or None (the profile's)")
         need(self.packing_strategy in PACKING_STRATEGIES, "packing_strategy", f"choose one of {PACKING_STRATEGIES}")
         need(is_whole(self.seed, 0), "seed", "must be a non-negative whole number")
         return self
@@ -116,7 +118,8 @@ class TrainConfig(ExperimentConfig):
         p = profile or get_profile()
         values = asdict(self)
         for name, from_profile in (("steps", p.train_steps), ("batch_size", p.batch_size),
-                                   ("max_length", p.max_length), ("mixed_precision", p.mixed_precision)):
+                                   ("max_length", p.max_length), ("mixed_precision", p.mixed_precision),
+                                   ("gradient_checkpointing", p.gradient_checkpointing)):
             if values[name] is None:
                 values[name] = from_profile
         return TrainConfig(**values)

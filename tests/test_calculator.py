@@ -183,7 +183,8 @@ def measure(method):
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = PeakMemory.rss_mb() - weights / 2**20   # the process without the model
     res = labkit.train(model, tok, records, method=method, steps=1, batch_size=spec["batch"],
-                       max_length=spec["seq_len"], lora_r=spec["r"], mixed_precision="no", live=False)
+                       max_length=spec["seq_len"], lora_r=spec["r"], mixed_precision="no",
+                       gradient_checkpointing=True, live=False)
     out = {"method": method, "model_bytes": weights, "peak_mib": res.history.peak_memory_mb - before}
     if method != "full":
         with tempfile.TemporaryDirectory() as d:
@@ -224,7 +225,7 @@ def measured():
 
 def lab_estimate(method, **kw):
     """The calculator for the runs above: the lab's model in fp32, no CUDA overhead, gradient
-    checkpointing on (``labkit.train`` keeps TRL's default)."""
+    checkpointing on (as the runs above train: the ``gpu`` profile's and TRL's default)."""
     return calc.estimate("smollm2-135m-instruct", method, "adamw", seq_len=SETTINGS["seq_len"],
                          batch=SETTINGS["batch"], r=SETTINGS["r"], weight_dtype="fp32", overhead_gb=0,
                          gradient_checkpointing=True, **kw)

@@ -44,3 +44,20 @@ def test_the_trainer_gets_the_gpus_precision(monkeypatch, fake_gpu, gpu, fp16, b
     monkeypatch.setattr(trl, "SFTConfig", dict)
     args = sft_config(TrainConfig().resolved(profile()), "unused", has_eval=False, device="cuda")
     assert (args["fp16"], args["bf16"], args["use_cpu"]) == (fp16, bf16, False)
+
+
+@pytest.mark.parametrize("name, expected", [("smoke", False), ("cpu", False), ("gpu", True)])
+def test_gradient_checkpointing_follows_the_profile(monkeypatch, name, expected):
+    """Off on the CPU (it cost a quarter of a LoRA step there: benchmarks/bench_checkpointing.py),
+    on in ``gpu`` (TRL's default); an explicit setting wins."""
+    import trl
+
+    from labkit.training import TrainConfig, sft_config
+
+    monkeypatch.setattr(trl, "SFTConfig", dict)
+    args = sft_config(TrainConfig().resolved(profile(name)), "unused", has_eval=False, device="cpu")
+    assert args["gradient_checkpointing"] is expected
+    explicit = TrainConfig(gradient_checkpointing=not expected).resolved(profile(name))
+    assert explicit.gradient_checkpointing is (not expected)
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        TrainConfig(gradient_checkpointing="yes").validate()
