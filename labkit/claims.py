@@ -13,6 +13,10 @@ from showing at all, said in ``note`` with its number); :func:`verdict` with :fu
 computes it for a difference. The entries go to ``outputs/<notebook>/results.json``, with the
 profile, the machine and the date; ``python -m labkit claims`` gathers every notebook's entries
 into one table (``LABKIT_OUTPUTS`` moves the ``outputs/`` folder).
+
+A notebook's ledger holds one run: the first entry a new process (a fresh kernel) records drops
+the entries an earlier run left, so a claim the notebook no longer makes (another profile's noise
+rate, a claim reworded since) does not linger beside this run's numbers.
 """
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ import json
 import os
 import platform
 import time
+import uuid
 from pathlib import Path
 
 from . import files
+
+RUN = uuid.uuid4().hex   # this process: entries of other runs are replaced, not kept beside
 
 VERDICTS = {True: "holds", False: "does not hold", "within noise": "within noise (not shown at this scale)",
             "not reproduced": "not reproduced at this scale"}
@@ -87,7 +94,8 @@ def _value(name: str, value):
 
 
 def record(notebook: str, claim: str, says: str, measured: dict, verdict, note: str = "") -> dict:
-    """Add (or replace, by ``claim``) one entry in ``notebook``'s ledger and return it."""
+    """Add (or replace, by ``claim``) one entry in ``notebook``'s ledger and return it; entries an
+    earlier run (another process) recorded there are dropped."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict={verdict!r}: True (holds), False (does not hold), 'within noise' "
                          "or 'not reproduced'")
@@ -100,10 +108,10 @@ def record(notebook: str, claim: str, says: str, measured: dict, verdict, note: 
              "measured": {k: _value(k, v) for k, v in measured.items()},
              "verdict": VERDICTS[verdict], "note": note, "profile": profile().name,
              "seed": reproducibility.LAST_SEED,   # the notebook's labkit.set_seed; None: it drew nothing at random
-             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "run": RUN}
     path = ledger_path(notebook)
     with files.locked(path):
-        entries = [e for e in read_ledger(path) if e["claim"] != claim]
+        entries = [e for e in read_ledger(path) if e["claim"] != claim and e.get("run") == RUN]
         files.write_text(path, json.dumps(entries + [entry], indent=1, ensure_ascii=False) + "\n")
     return entry
 

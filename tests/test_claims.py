@@ -41,6 +41,17 @@ def test_an_entry_is_written_replaced_by_its_claim_and_gathered_in_notebook_orde
     assert "| 02 | c2 | p 0.5 | within noise (not shown at this scale) | smoke | none |  |" in claims.markdown()
 
 
+def test_a_new_run_replaces_the_ledger_of_the_last(outputs, monkeypatch):
+    """Entries of an earlier run of the notebook (another process) go when this run records its
+    first claim: a claim the notebook no longer makes does not stay beside the new numbers."""
+    claims.record("11_process", "clean beats 30% noisy", says="s", measured={"d": 0.05}, verdict="within noise")
+    claims.record("11_process", "clean beats 70% noisy", says="s", measured={"d": 0.3}, verdict=True)
+    assert len(claims.gather()) == 2                                   # one run: both kept
+    monkeypatch.setattr(claims, "RUN", "a later kernel")
+    claims.record("11_process", "clean beats 70% noisy", says="s", measured={"d": 0.35}, verdict=True)
+    assert [(e["claim"], e["measured"]) for e in claims.gather()] == [("clean beats 70% noisy", {"d": 0.35})]
+
+
 def test_numpy_and_torch_numbers_are_stored_as_floats_and_bad_input_is_named(outputs):
     import numpy as np
     import torch
