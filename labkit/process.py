@@ -157,22 +157,26 @@ def decision_widget(gpu: str = "T4", model: str = "llama-2-7b", quality: str = "
 # --- held-out score ---------------------------------------------------------------------------
 
 @torch.no_grad()
-def reply_loss(model, tokenizer, records, max_length: int = 256, batch_size: int = 8) -> float:
-    """Mean cross-entropy (nats per token) on the assistant's replies of ``messages`` records,
-    the prompt tokens masked out: the number training minimises, measured on data it never saw."""
+def reply_losses(model, tokenizer, records, max_length: int = 256, batch_size: int = 8) -> list[tuple[float, int]]:
+    """Per record of ``messages`` records: (summed cross-entropy in nats, reply tokens) on the
+    assistant's reply, the prompt tokens masked out. A record whose reply lies beyond
+    ``max_length`` gives (0.0, 0)."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    encoded = []
+    for r in records:
+        prompt = tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(r["messages"], tokenize=False)
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        f = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+        encoded.append((f, [-100] * min(len(p), len(f)) + f[len(p):]))
+    # batches of similar length (less padding to compute), results back in the records' order
+    order = sorted(range(len(records)), key=lambda k: len(encoded[k][0]))
+    out = [(0.0, 0)] * len(records)
     was_training = model.training
     model.eval()
-    for i in range(0, len(records), batch_size):
-        ids, labels = [], []
-        for r in records[i:i + batch_size]:
-            prompt = tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(r["messages"], tokenize=False)
-            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            f = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-            ids.append(f)
-            labels.append([-100] * min(len(p), len(f)) + f[len(p):])
+    for i in range(0, len(order), batch_size):
+        rows = order[i:i + batch_size]
+        ids, labels = [encoded[k][0] for k in rows], [encoded[k][1] for k in rows]
         width = max(len(x) for x in ids)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
@@ -181,13 +185,32 @@ def reply_loss(model, tokenizer, records, max_length: int = 256, batch_size: int
         logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
         target = lab[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        total += loss.item()
-        count += int((target != -100).sum())
+                                                 ignore_index=-100, reduction="none").view(target.shape)
+        counts = (target != -100).sum(dim=1)
+        for k, total, count in zip(rows, loss.sum(dim=1), counts):
+            out[k] = (float(total), int(count))
     model.train(was_training)
+    return out
+
+
+def reply_loss(model, tokenizer, records, max_length: int = 256, batch_size: int = 8) -> float:
+    """Mean cross-entropy (nats per token) on the assistant's replies of ``messages`` records,
+    the prompt tokens masked out: the number training minimises, measured on data it never saw."""
+    return mean_loss(reply_losses(model, tokenizer, records, max_length=max_length, batch_size=batch_size))
+
+
+def mean_loss(per_record: list[tuple[float, int]]) -> float:
+    """Nats per reply token over all records of :func:`reply_losses`."""
+    count = sum(c for _, c in per_record)
     if count == 0:
         raise ValueError("no reply tokens to score (are the replies cut off by max_length?)")
-    return total / count
+    return sum(s for s, _ in per_record) / count
+
+
+def per_token(per_record: list[tuple[float, int]]) -> list[float]:
+    """Each scored record's mean loss per reply token (records without reply tokens left out):
+    the paired scores for ``claims.paired_noise``."""
+    return [s / c for s, c in per_record if c]
 
 
 # --- the iterative loop -----------------------------------------------------------------------
@@ -222,15 +245,17 @@ def train_and_score(train_records, heldout_records, label: str = "run", eval_rec
                     score_max_length: int = 256, **train_overrides) -> dict:
     """Fine-tune a fresh copy of the default model on ``train_records`` (``labkit.train`` with
     ``train_overrides``) and score it with :func:`reply_loss` on ``heldout_records``.
-    Returns the held-out loss, the training summary and the history."""
+    Returns the held-out loss, each held-out record's loss per token (``heldout_per_record``, to
+    pair with another run's), the training summary and the history."""
     from .models import load_model
     from .training import train
 
     model, tok = load_model()
     result = train(model, tok, train_records, eval_data=eval_records, live=False, label=label,
                    **train_overrides)
-    heldout = reply_loss(result.model, tok, heldout_records, max_length=score_max_length)
-    return {"heldout_loss": heldout, **result.history.summary(), "history": result.history}
+    per_record = reply_losses(result.model, tok, heldout_records, max_length=score_max_length)
+    return {"heldout_loss": mean_loss(per_record), "heldout_per_record": per_token(per_record),
+            **result.history.summary(), "history": result.history}
 
 
 def packing_comparison(records, steps: int = 4, batch_size: int = 8, max_length: int = 128,
@@ -278,10 +303,32 @@ def early_stop_step(evals: list[dict], patience: int, min_delta: float = 1e-4) -
     return None
 
 
-def noise_widget(base_loss: float, clean_loss: float, noisy_losses: dict, small_n: int, large_n: int):
+def clean_against_noisy(clean_run: dict, noisy_runs: dict) -> list[dict]:
+    """For each noise rate, whether the small clean set beat the larger noisy one on the same
+    held-out records: the mean per-record difference in loss (noisy minus clean; positive means
+    clean won), the noise band of that difference (``claims.paired_noise``: two standard errors
+    over the records) and the verdict (``claims.verdict``): "holds" when clean won by more than the
+    band, "does not hold" when noisy did, else "within noise"."""
+    from .claims import VERDICTS, paired_noise, verdict
+
+    rows = []
+    for rate, run in sorted(noisy_runs.items()):
+        clean, noisy = clean_run["heldout_per_record"], run["heldout_per_record"]
+        diff = sum(n - c for n, c in zip(noisy, clean, strict=True)) / len(clean)
+        band = paired_noise(noisy, clean)
+        v = verdict(diff, band)
+        rows.append({"noise rate": rate, "loss, small clean": clean_run["heldout_loss"],
+                     "loss, larger noisy": run["heldout_loss"], "noisy minus clean (per record)": diff,
+                     "noise band": band, "verdict": v, "reads": VERDICTS[v], "records": len(clean)})
+    return rows
+
+
+def noise_widget(base_loss: float, clean_loss: float, noisy_losses: dict, small_n: int, large_n: int,
+                 verdicts: dict | None = None):
     """A slider over the precomputed noise rates: held-out loss of the base model, the small clean
-    set and the ten-times-larger noisy set at the chosen rate. Returns an object with
-    ``.controls``, ``.figure`` and ``.widget``."""
+    set and the ten-times-larger noisy set at the chosen rate. ``verdicts`` (rate -> the
+    ``verdict`` of :func:`clean_against_noisy`) lets the title say when the difference is within
+    noise. Returns an object with ``.controls``, ``.figure`` and ``.widget``."""
     import ipywidgets as W
 
     from .plots import COLORS
@@ -300,9 +347,12 @@ def noise_widget(base_loss: float, clean_loss: float, noisy_losses: dict, small_
         noisy = noisy_losses[rate]
         labels = ["base model", f"{small_n} clean records", f"{large_n} records, {rate:.0%} noisy"]
         winner = "the small clean set" if clean_loss < noisy else "the large noisy set"
+        title = f"At {rate:.0%} noise, {winner} gives the lower held-out loss"
+        if verdicts is not None and verdicts.get(rate) == "within noise":
+            title = f"At {rate:.0%} noise, the two are within noise of each other"
         with self.figure.batch_update():
             self.figure.data[0].x, self.figure.data[0].y = labels, [base_loss, clean_loss, noisy]
-            self.figure.layout.title = f"At {rate:.0%} noise, {winner} gives the lower held-out loss"
+            self.figure.layout.title = title
 
     self.controls["noise_rate"].observe(update, names="value")
     update()

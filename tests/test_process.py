@@ -93,3 +93,41 @@ def test_early_stop_step_and_noise_widget():
     assert "small clean" in w.figure.layout.title.text and w.figure.data[0].y[2] == 2.5
     w.controls["noise_rate"].value = 0.2
     assert "large noisy" in w.figure.layout.title.text and w.figure.data[0].y[2] == 1.9
+    judged = process.noise_widget(3.0, 2.0, {0.2: 1.9, 0.6: 2.5}, small_n=10, large_n=100,
+                                  verdicts={0.2: "within noise", 0.6: True})
+    assert "small clean" in judged.figure.layout.title.text
+    judged.controls["noise_rate"].value = 0.2
+    assert "within noise" in judged.figure.layout.title.text
+
+
+def test_per_record_losses_add_up_to_the_reply_loss():
+    model, tok = toy_model()
+    recs = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
+            for u, a in [("Say hi.", "Hi there."), ("Count.", "One two three four."), ("Go.", "Off we go now.")]]
+    per = process.reply_losses(model, tok, recs, batch_size=2)   # batched by length, returned in order
+    assert len(per) == 3 and all(c > 0 for _, c in per)
+    alone = [process.reply_losses(model, tok, [r])[0] for r in recs]
+    assert [c for _, c in per] == [c for _, c in alone]
+    assert [s for s, _ in per] == pytest.approx([s for s, _ in alone], rel=1e-5)
+    assert process.mean_loss(per) == pytest.approx(process.reply_loss(model, tok, recs), rel=1e-6)
+    assert process.per_token(per) == pytest.approx([s / c for s, c in per])
+
+
+def run_with(per_record):
+    return {"heldout_loss": sum(per_record) / len(per_record), "heldout_per_record": per_record}
+
+
+def test_clean_against_noisy_judges_each_rate_against_its_noise_band():
+    """Clean wins clearly at 70% (every record worse when noisy), not at 30% (records scattered
+    both ways), and a noisy set that wins clearly is "does not hold"."""
+    clean = run_with([2.0, 2.2, 1.8, 2.1])
+    rows = process.clean_against_noisy(clean, {0.7: run_with([2.5, 2.6, 2.4, 2.5]),
+                                               0.3: run_with([2.3, 1.9, 2.0, 1.9]),
+                                               0.1: run_with([1.5, 1.7, 1.3, 1.6])})
+    by_rate = {r["noise rate"]: r for r in rows}
+    assert [r["noise rate"] for r in rows] == [0.1, 0.3, 0.7]
+    assert by_rate[0.7]["verdict"] is True and by_rate[0.7]["noisy minus clean (per record)"] == pytest.approx(0.475)
+    assert by_rate[0.3]["verdict"] == "within noise" and by_rate[0.3]["reads"].startswith("within noise")
+    assert by_rate[0.1]["verdict"] is False and by_rate[0.7]["records"] == 4
+    with pytest.raises(ValueError):
+        process.clean_against_noisy(clean, {0.5: run_with([2.0, 2.0])})   # records must pair up
