@@ -59,3 +59,11 @@ def test_rlhf_bench_head_timing_runs_both_heads(bench, monkeypatch):
     monkeypatch.setattr(labkit, "load_model", lambda: toy_model())
     times = bench_rlhf.head_alone(tokens=16, repeats=1)
     assert set(times) == {bench_rlhf.TRL, bench_rlhf.LAB} and all(t > 0 for t in times.values())
+
+
+def test_forgetting_seeds_uses_notebook_04s_own_config(bench):
+    """The seed benchmark runs the notebook's experiment, read from its config cell, per profile."""
+    seeds = bench.import_module("bench_forgetting_seeds")
+    cpu, smoke = seeds.notebook_config("cpu"), seeds.notebook_config("smoke")
+    assert cpu["steps"] > smoke["steps"] and cpu["full_rates"] != smoke["full_rates"]
+    assert {"domain", "batch_size", "max_length", "replay_share", "probe_sizes", "seed"} <= set(cpu)
