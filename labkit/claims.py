@@ -9,7 +9,7 @@ Each notebook ends by recording its headline claims::
 ``verdict`` is computed from the numbers by the notebook: ``True`` (holds), ``False`` (does not
 hold), ``"within noise"`` (the difference is smaller than the run-to-run or sampling noise, so
 this scale cannot show it) or ``"not reproduced"`` (a measured limit of this run kept the effect
-from showing at all, said in ``note`` with its number); :func:`verdict` with :func:`proportion_noise` or :func:`paired_noise`
+from showing at all, said in ``note`` with its number); :func:`verdict` with :func:`proportion_noise`, :func:`paired_noise` or :func:`bootstrap_noise`
 computes it for a difference. The entries go to ``outputs/<notebook>/results.json``, with the
 profile, the machine and the date; ``python -m labkit claims`` gathers every notebook's entries
 into one table (``LABKIT_OUTPUTS`` moves the ``outputs/`` folder).
@@ -66,6 +66,22 @@ def paired_noise(a, b) -> float:
 
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     return 2 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("inf")
+
+
+def bootstrap_noise(statistic, n: int, draws: int = 2000, seed: int = 0) -> float:
+    """About 95% of the chance variation of ``statistic(rows)``, a number computed from ``n`` items
+    (``rows``: a list of item indices), for a statistic with no simple standard error, such as a
+    ratio: two standard deviations of it over ``draws`` resamples of the items with replacement
+    (the bootstrap; seeded, so the same items give the same band). Resamples where the statistic
+    is not finite are left out; ``inf`` when fewer than two items or finite resamples."""
+    import math
+    import random
+    import statistics
+
+    rng = random.Random(seed)
+    values = [v for v in (statistic([rng.randrange(n) for _ in range(n)]) for _ in range(draws if n > 1 else 0))
+              if math.isfinite(v)]
+    return 2 * statistics.stdev(values) if len(values) > 1 else float("inf")
 
 
 def ledger_path(notebook: str) -> Path:

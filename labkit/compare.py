@@ -9,7 +9,9 @@ assistant's reply only. Every method is measured the same way:
 
 - quality:     held-out loss (nats per reply token) on the heldout split, and its perplexity;
                ``quality_ratio`` = (base loss - method loss) / (base loss - full fine-tuning loss),
-               the share of full fine-tuning's improvement the method gets
+               the share of full fine-tuning's improvement the method gets. Each record's loss is
+               kept (``heldout_scores``), so differences get a band from the records themselves:
+               :func:`quality_ratio_noise`, :func:`loss_difference_noise`
 - trainable parameters, step time (median seconds per optimizer step)
 - peak memory: the weights' bytes plus the highest memory above what was in use when training
                began (so other models in memory do not count). GPU: CUDA memory allocated, from
@@ -33,10 +35,11 @@ from pathlib import Path
 import torch
 
 from . import files
+from .claims import bootstrap_noise, paired_noise
 from .data import data_path, read_jsonl
 from .memory import PeakMemory, measure
 from .models import count_parameters, footprint_bytes, load_model
-from .probes import cloze_accuracy
+from .probes import cloze_accuracy, mean_loss, per_token, reply_loss, reply_losses
 from .profiles import profile as get_profile
 from .training import TrainConfig, train
 from .plots import LabFigure, lab_layout
@@ -79,28 +82,12 @@ def comparison_config(method: str, profile=None, **overrides) -> TrainConfig:
 
 
 @torch.no_grad()
-def heldout_loss(model, tokenizer, records, max_length: int = 256) -> float:
-    """Mean cross-entropy (nats per token) on the assistant's replies of chat ``records``: the
-    prompt is fed but not scored, as in training."""
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for r in records:
-        prompt = tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(r["messages"], tokenize=False)
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-        if len(ids) <= len(p_ids):
-            continue
-        x = torch.tensor([ids], device=device)
-        logits = model(input_ids=x).logits[0, :-1].float()
-        targets = x[0, 1:]
-        losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")[len(p_ids) - 1:]
-        total += float(losses.sum())
-        count += losses.numel()
-    if count == 0:
-        raise ValueError("no held-out record had reply tokens within max_length")
-    return total / count
+def heldout_scores(model, tokenizer, records) -> dict:
+    """The held-out measure every method gets: ``heldout_loss`` (nats per reply token, over all
+    records) and ``heldout_scores``, each record's (summed loss, reply tokens), kept so that two
+    methods can be compared record by record (:func:`loss_difference_noise`)."""
+    per_record = reply_losses(model, tokenizer, records, HELDOUT_MAX_LENGTH)
+    return {"heldout_loss": mean_loss(per_record), "heldout_scores": [list(x) for x in per_record]}
 
 
 def save_checkpoint(model, method: str, folder: Path) -> int:
@@ -129,7 +116,7 @@ def base_metrics(profile=None, save: bool = True) -> dict:
     p = profile or get_profile()
     _, heldout, probe = task_data(p)
     model, tok = load_model()
-    result = {"method": "base", "profile": p.name, "heldout_loss": heldout_loss(model, tok, heldout, HELDOUT_MAX_LENGTH),
+    result = {"method": "base", "profile": p.name, **heldout_scores(model, tok, heldout),
               "probe_accuracy": cloze_accuracy(model, tok, probe), "heldout_items": len(heldout),
               "probe_items": len(probe)}
     if save:
@@ -149,7 +136,7 @@ def run_method(method: str, profile=None, snapshot_every: int | None = None, sav
     weights_mb = footprint_bytes(model) / 2**20
     start_metrics = {}
     if method == "qlora":  # its starting point is the 4-bit model, not the fp32 base
-        start_metrics = {"start_heldout_loss": heldout_loss(model, tok, heldout, HELDOUT_MAX_LENGTH),
+        start_metrics = {"start_heldout_loss": reply_loss(model, tok, heldout, HELDOUT_MAX_LENGTH),
                          "start_probe_accuracy": cloze_accuracy(model, tok, probe)}
     callbacks = []
     if snapshot_every and method != "qlora":
@@ -157,16 +144,17 @@ def run_method(method: str, profile=None, snapshot_every: int | None = None, sav
     start, start_mb = time.perf_counter(), PeakMemory().current_mb()  # weights included: counted once below
     res = train(model, tok, train_set, cfg, profile=p, live=live, label=method, callbacks=callbacks)
     model = res.model
-    folder = output_dir() / f"{method}_checkpoint"
+    # another seed's run (a measure of run-to-run noise) keeps its own folder: the seed-0 adapter stays
+    folder = output_dir() / (f"{method}_checkpoint" if cfg.seed == 0 else f"{method}_seed{cfg.seed}_checkpoint")
     disk = save_checkpoint(model, method, folder)
     if not (keep_checkpoint if keep_checkpoint is not None else method != "full"):
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
-    loss = heldout_loss(model, tok, heldout, HELDOUT_MAX_LENGTH)
+    scores = heldout_scores(model, tok, heldout)
     result = {
         "method": method, "profile": p.name, "config": res.config.to_dict(),
-        "heldout_loss": loss, "heldout_perplexity": math.exp(loss),
+        **scores, "heldout_perplexity": math.exp(scores["heldout_loss"]),
         "trainable_params": count_parameters(model, trainable_only=True),
         "total_params": count_parameters(model) - (0 if method == "full" else count_parameters(model, trainable_only=True)),
         "weights_mb": weights_mb,
@@ -213,18 +201,20 @@ def finished(result: dict) -> bool:
 
 
 def ensure_results(methods=METHODS, profile=None, **run_kwargs) -> dict[str, dict]:
-    """Saved results for ``methods`` (and the base model), computing the missing ones and those
-    whose run did not finish."""
+    """Saved results for ``methods`` (and the base model), computing the missing ones, those whose
+    run did not finish and those saved without per-record held-out scores."""
     p = profile or get_profile()
     results = load_results(p)
-    if "base" not in results:
+    if "heldout_scores" not in results.get("base", {}):
         results["base"] = base_metrics(p)
     for m in methods:
         saved = results.get(m)
-        if saved is not None and finished(saved):
+        if saved is not None and finished(saved) and "heldout_scores" in saved:
             continue
         if saved is not None:
-            print(f"[labkit] {m}: the saved run did not finish ({saved['stopped']}); training it again")
+            why = (f"the saved run did not finish ({saved['stopped']})" if not finished(saved)
+                   else "the saved run has no per-record held-out scores (saved by an older labkit)")
+            print(f"[labkit] {m}: {why}; training it again")
         r = run_method(m, p, **run_kwargs)
         results[m] = {k: v for k, v in r.items() if k not in ("model", "tokenizer")}
     return results
@@ -257,6 +247,48 @@ def results_table(results: dict[str, dict]):
     return pd.DataFrame(rows).set_index("method")
 
 
+def _per_record(results: dict, methods) -> list | None:
+    """Each method's per-record held-out scores, or None when one is missing or they were scored
+    on different records."""
+    scores = [results.get(m, {}).get("heldout_scores") for m in methods]
+    if any(x is None for x in scores) or len({len(x) for x in scores}) != 1:
+        return None
+    return scores
+
+
+def loss_difference_noise(results: dict, a: str, b: str) -> float:
+    """About 95% of the chance difference between methods ``a`` and ``b``'s held-out losses, from
+    their paired per-record losses (``claims.paired_noise``); ``inf`` without per-record scores."""
+    scores = _per_record(results, (a, b))
+    return paired_noise(per_token(scores[0]), per_token(scores[1])) if scores else float("inf")
+
+
+def difference_noise(results: dict, a: str, b: str, rerun: dict | None = None) -> dict:
+    """The noise of method ``a``'s held-out loss minus ``b``'s, from two sources: the held-out
+    records (``records``: :func:`loss_difference_noise`) and, given ``rerun`` (``b`` trained again
+    with only the seed changed, :func:`run_method` with ``seed=1``), training's own spread
+    (``seed``: the gap between ``b``'s two runs). ``noise`` is the larger: a difference between
+    methods smaller than the difference between two seeds of one method is no finding."""
+    records = loss_difference_noise(results, a, b)
+    seed = abs(rerun["heldout_loss"] - results[b]["heldout_loss"]) if rerun else 0.0
+    return {"records": records, "seed": seed, "noise": max(records, seed)}
+
+
+def quality_ratio_noise(results: dict, method: str, draws: int = 2000, seed: int = 0) -> float:
+    """About 95% of the chance variation of ``method``'s quality ratio from which held-out records
+    were drawn: two standard deviations of the ratio over the records resampled with replacement
+    (``claims.bootstrap_noise``), the same records for base, full and ``method``."""
+    scores = _per_record(results, ("base", "full", method))
+    if scores is None:
+        return float("inf")
+
+    def ratio(rows):
+        base, full, m = (sum(x[k][0] for k in rows) / max(1, sum(x[k][1] for k in rows)) for x in scores)
+        return (base - m) / (base - full) if base != full else float("nan")
+
+    return bootstrap_noise(ratio, len(scores[0]), draws=draws, seed=seed)
+
+
 def comparison_figure(table, metric: str = "heldout_loss", ylabel: str | None = None, title: str | None = None):
     """A bar per method in the lab's colours."""
     import plotly.graph_objects as go
@@ -271,7 +303,8 @@ def comparison_figure(table, metric: str = "heldout_loss", ylabel: str | None = 
 
 def sweep_run(label: str, profile=None, **overrides) -> dict:
     """A small, quick run for a sweep (rank, placement, DoRA vs LoRA): smaller batch and
-    sequences than the main comparison, held-out loss on a subset. Nothing is saved."""
+    sequences than the main comparison, held-out loss on a subset (with each record's, for
+    :func:`against_best`). Nothing is saved."""
     p = profile or get_profile()
     small = dict(steps=p.pick(smoke=1, cpu=8, gpu=100), batch_size=p.pick(smoke=1, cpu=2, gpu=8),
                  max_length=p.pick(smoke=64, cpu=64, gpu=256))
@@ -284,9 +317,26 @@ def sweep_run(label: str, profile=None, **overrides) -> dict:
     return {"label": label, "method": method, "lora_r": cfg.lora_r,
             "target_modules": cfg.target_modules if isinstance(cfg.target_modules, str) else "+".join(cfg.target_modules),
             "trainable_params": count_parameters(res.model, trainable_only=True),
-            "heldout_loss": heldout_loss(res.model, tok, heldout[: p.pick(smoke=2, cpu=20, gpu=40)], HELDOUT_MAX_LENGTH),
+            **heldout_scores(res.model, tok, heldout[: p.pick(smoke=2, cpu=20, gpu=40)]),
             "step_time_s": step_time(res.history),
             "peak_memory_mb": weights_mb + max(0.0, res.history.peak_memory_mb - start_mb)}
+
+
+def against_best(runs: list[dict]):
+    """Each sweep run (:func:`sweep_run`) against the one with the lowest held-out loss: how far
+    above it, the noise of that difference (``claims.paired_noise`` over the same held-out
+    records) and whether it is a real difference or within noise. A ``pandas.DataFrame`` by label."""
+    import pandas as pd
+
+    best = min(runs, key=lambda r: r["heldout_loss"])
+    rows = []
+    for r in runs:
+        above = r["heldout_loss"] - best["heldout_loss"]
+        noise = (paired_noise(per_token(r["heldout_scores"]), per_token(best["heldout_scores"]))
+                 if r is not best else 0.0)
+        rows.append({"label": r["label"], "heldout_loss": r["heldout_loss"], "above the best": above, "noise": noise,
+                     "reads": "the lowest" if r is best else ("worse" if above > noise else "within noise of the lowest")})
+    return pd.DataFrame(rows).set_index("label")
 
 
 def magnitude_direction_figure(results: dict[str, dict], methods=("full", "lora", "dora")):

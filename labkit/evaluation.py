@@ -29,7 +29,7 @@ OWN_CHECKS = [
      "(sentence embeddings)", "standard it resembles": "reference-based scores such as BERTScore; not a benchmark"},
     {"check": "probes (cloze items)", "what": "greedy completion of fixed facts ('The capital of France is')",
      "standard it resembles": "knowledge benchmarks such as LAMBADA or TriviaQA, at toy size"},
-    {"check": "process.reply_loss, predictions.perplexity", "what": "loss on held-out replies, perplexity on "
+    {"check": "probes.reply_loss, predictions.perplexity", "what": "loss on held-out replies, perplexity on "
      "text", "standard it resembles": "held-out perplexity (lm-eval task 'wikitext' on general text)"},
 ]
 

@@ -4,6 +4,11 @@
   decoding would produce exactly the answer's tokens.
 - sense probes  ``{"word", "sense", "prompt", "continuation"}``: the probability of a continuation
   that signals one sense of an ambiguous word ("discharge": a patient's, or a capacitor's).
+- held-out replies  chat ``{"messages": [...]}`` records the model never trained on: the loss on
+  the assistant's reply (the number training minimises), per record, so that two models scored on
+  the same records can be compared record by record (``labkit.claims.paired_noise``).
+
+Each scores many items in batches (padded, sorted by length) and returns them in their order.
 """
 from __future__ import annotations
 
@@ -16,11 +21,42 @@ from .predictions import _device, continuation_logprob
 def cloze_correct(model, tokenizer, prompt: str, answer: str) -> bool:
     """True when the model's most likely token at every answer position is the answer's
     (exactly what greedy decoding would write)."""
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p_ids + a_ids], device=_device(model))
-    predicted = model(input_ids=ids).logits[0, len(p_ids) - 1:-1].argmax(-1).tolist()
-    return predicted == a_ids
+    return cloze_results(model, tokenizer, [{"prompt": prompt, "answer": answer}])[0]
+
+
+def _padded(rows: list[list[int]], value: int, device):
+    """Right-padded tensor of ``rows`` and its attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [value] * (width - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    return ids, mask
+
+
+def _by_length(lengths: list[int], batch_size: int):
+    """Batches of item indices, similar lengths together (less padding to compute)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def cloze_results(model, tokenizer, items, batch_size: int = 16) -> list[bool]:
+    """For each cloze item, whether greedy decoding would write exactly its answer."""
+    device = _device(model)
+    encoded = [(tokenizer(it["prompt"], add_special_tokens=False)["input_ids"],
+                tokenizer(it["answer"], add_special_tokens=False)["input_ids"]) for it in items]
+    out = [False] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        for rows in _by_length([len(p) + len(a) for p, a in encoded], batch_size):
+            ids, mask = _padded([encoded[k][0] + encoded[k][1] for k in rows], tokenizer.pad_token_id or 0, device)
+            best = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+            for row, k in enumerate(rows):
+                p, a = encoded[k]
+                out[k] = best[row, len(p) - 1:len(p) + len(a) - 1].tolist() == a
+    finally:
+        model.train(was_training)
+    return out
 
 
 def cloze_accuracy(model, tokenizer, items) -> float:
@@ -28,7 +64,7 @@ def cloze_accuracy(model, tokenizer, items) -> float:
     items = list(items)
     if not items:
         raise ValueError("cloze_accuracy needs at least one item")
-    return sum(cloze_correct(model, tokenizer, it["prompt"], it["answer"]) for it in items) / len(items)
+    return sum(cloze_results(model, tokenizer, items)) / len(items)
 
 
 def sense_table(model, tokenizer, probes):
@@ -41,3 +77,56 @@ def sense_table(model, tokenizer, probes):
                      "continuation": p["continuation"],
                      "logprob": continuation_logprob(model, tokenizer, p["prompt"], p["continuation"])})
     return pd.DataFrame(rows)
+
+
+# --- held-out replies ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def reply_losses(model, tokenizer, records, max_length: int = 256, batch_size: int = 8) -> list[tuple[float, int]]:
+    """Per record of ``messages`` records: (summed cross-entropy in nats, reply tokens) on the
+    assistant's reply, the prompt tokens masked out. A record whose reply lies beyond
+    ``max_length`` gives (0.0, 0)."""
+    device = _device(model)
+    encoded = []
+    for r in records:
+        prompt = tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(r["messages"], tokenize=False)
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        f = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+        encoded.append((f, [-100] * min(len(p), len(f)) + f[len(p):]))
+    out = [(0.0, 0)] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        for rows in _by_length([len(f) for f, _ in encoded], batch_size):
+            ids, mask = _padded([encoded[k][0] for k in rows], tokenizer.pad_token_id, device)
+            labels, _ = _padded([encoded[k][1] for k in rows], -100, device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                     ignore_index=-100, reduction="none").view(target.shape)
+            for k, total, count in zip(rows, loss.sum(dim=1), (target != -100).sum(dim=1)):
+                out[k] = (float(total), int(count))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def mean_loss(per_record: list[tuple[float, int]]) -> float:
+    """Nats per reply token over all records of :func:`reply_losses`."""
+    count = sum(c for _, c in per_record)
+    if count == 0:
+        raise ValueError("no reply tokens to score (are the replies cut off by max_length?)")
+    return sum(s for s, _ in per_record) / count
+
+
+def reply_loss(model, tokenizer, records, max_length: int = 256, batch_size: int = 8) -> float:
+    """Mean cross-entropy (nats per token) on the assistant's replies of ``messages`` records,
+    the prompt tokens masked out: the number training minimises, measured on data it never saw."""
+    return mean_loss(reply_losses(model, tokenizer, records, max_length=max_length, batch_size=batch_size))
+
+
+def per_token(per_record: list[tuple[float, int]]) -> list[float]:
+    """Each scored record's mean loss per reply token (records without reply tokens left out):
+    the paired scores for ``claims.paired_noise``."""
+    return [s / c for s, c in per_record if c]

@@ -24,9 +24,8 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from . import calculator
+from .probes import mean_loss, per_token, reply_loss, reply_losses  # noqa: F401  (process.reply_loss: the lesson's name)
 from .plots import LabFigure, Panel, lab_layout
 
 QUALITY = ("good enough", "highest")
@@ -154,65 +153,6 @@ def decision_widget(gpu: str = "T4", model: str = "llama-2-7b", quality: str = "
     return self
 
 
-# --- held-out score ---------------------------------------------------------------------------
-
-@torch.no_grad()
-def reply_losses(model, tokenizer, records, max_length: int = 256, batch_size: int = 8) -> list[tuple[float, int]]:
-    """Per record of ``messages`` records: (summed cross-entropy in nats, reply tokens) on the
-    assistant's reply, the prompt tokens masked out. A record whose reply lies beyond
-    ``max_length`` gives (0.0, 0)."""
-    device = next(model.parameters()).device
-    encoded = []
-    for r in records:
-        prompt = tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(r["messages"], tokenize=False)
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        f = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-        encoded.append((f, [-100] * min(len(p), len(f)) + f[len(p):]))
-    # batches of similar length (less padding to compute), results back in the records' order
-    order = sorted(range(len(records)), key=lambda k: len(encoded[k][0]))
-    out = [(0.0, 0)] * len(records)
-    was_training = model.training
-    model.eval()
-    for i in range(0, len(order), batch_size):
-        rows = order[i:i + batch_size]
-        ids, labels = [encoded[k][0] for k in rows], [encoded[k][1] for k in rows]
-        width = max(len(x) for x in ids)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-        attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
-        lab = torch.tensor([x + [-100] * (width - len(x)) for x in labels], device=device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-        target = lab[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=-100, reduction="none").view(target.shape)
-        counts = (target != -100).sum(dim=1)
-        for k, total, count in zip(rows, loss.sum(dim=1), counts):
-            out[k] = (float(total), int(count))
-    model.train(was_training)
-    return out
-
-
-def reply_loss(model, tokenizer, records, max_length: int = 256, batch_size: int = 8) -> float:
-    """Mean cross-entropy (nats per token) on the assistant's replies of ``messages`` records,
-    the prompt tokens masked out: the number training minimises, measured on data it never saw."""
-    return mean_loss(reply_losses(model, tokenizer, records, max_length=max_length, batch_size=batch_size))
-
-
-def mean_loss(per_record: list[tuple[float, int]]) -> float:
-    """Nats per reply token over all records of :func:`reply_losses`."""
-    count = sum(c for _, c in per_record)
-    if count == 0:
-        raise ValueError("no reply tokens to score (are the replies cut off by max_length?)")
-    return sum(s for s, _ in per_record) / count
-
-
-def per_token(per_record: list[tuple[float, int]]) -> list[float]:
-    """Each scored record's mean loss per reply token (records without reply tokens left out):
-    the paired scores for ``claims.paired_noise``."""
-    return [s / c for s, c in per_record if c]
-
-
 # --- the iterative loop -----------------------------------------------------------------------
 
 def grid(**values) -> list[dict]:
@@ -256,6 +196,49 @@ def train_and_score(train_records, heldout_records, label: str = "run", eval_rec
     per_record = reply_losses(result.model, tok, heldout_records, max_length=score_max_length)
     return {"heldout_loss": mean_loss(per_record), "heldout_per_record": per_token(per_record),
             **result.history.summary(), "history": result.history}
+
+
+def validation_by_record(tokenizer, records, max_length: int = 256):
+    """A ``transformers.TrainerCallback`` for ``labkit.train(callbacks=[...])`` that scores every
+    validation record (:func:`reply_losses`) at each evaluation: ``.rows``, one
+    ``{"step", "per_record"}`` per evaluation, the paired scores that give a change in validation
+    loss its noise band (:func:`overfitting`)."""
+    from transformers import TrainerCallback
+
+    class ValidationByRecord(TrainerCallback):
+        def __init__(self):
+            self.rows = []
+
+        def on_evaluate(self, args, state, control, model=None, **kwargs):
+            self.rows.append({"step": state.global_step,
+                              "per_record": reply_losses(model, tokenizer, records, max_length=max_length)})
+
+    return ValidationByRecord()
+
+
+def overfitting(history, by_record) -> dict:
+    """Did validation loss turn up while training loss fell? From :func:`validation_by_record`'s
+    scores: the evaluation with the lowest loss and the last one (mean per-record loss, the same
+    records each time), the rise from lowest to last, its noise band (``claims.paired_noise``: two
+    standard errors of the per-record rises) and the verdict (``claims.verdict``): ``True`` when the
+    training loss fell and validation rose by more than the band; ``False`` when training loss did
+    not fall or the last evaluation was the lowest. The lowest of several noisy evaluations sits a
+    little low by chance, so the rise is, if anything, overstated."""
+    from .claims import VERDICTS, paired_noise, verdict
+
+    evals = [{"step": r["step"], "per_record": per_token(r["per_record"])} for r in by_record.rows]
+    if not evals:
+        raise ValueError("no evaluations were scored: train with eval_data, eval_every and this callback")
+    for e in evals:
+        e["loss"] = sum(e["per_record"]) / len(e["per_record"])
+    best, last = min(evals, key=lambda e: e["loss"]), evals[-1]
+    rise = last["loss"] - best["loss"]
+    train_fell = history.rows[-1]["loss"] < history.rows[0]["loss"]
+    band = paired_noise(last["per_record"], best["per_record"]) if best is not last else 0.0
+    judged = verdict(rise, band) if train_fell and best is not last else False
+    return {"lowest": best["loss"], "lowest step": best["step"], "last": last["loss"], "last step": last["step"],
+            "rise": rise, "noise band": band, "records": len(last["per_record"]), "training loss fell": train_fell,
+            "verdict": judged, "reads": VERDICTS[judged], "curve": [(e["step"], e["loss"]) for e in evals]}
 
 
 def packing_comparison(records, steps: int = 4, batch_size: int = 8, max_length: int = 128,

@@ -12,17 +12,36 @@ CHATS = [{"messages": [{"role": "user", "content": "Add one and two."},
                        {"role": "assistant", "content": "The capital of France is Paris."}]}]
 
 
-def test_heldout_loss_scores_the_reply_only(reply_nll):
+def test_heldout_scores_score_the_reply_only_and_keep_each_record(reply_nll):
     model, tok = toy_model()
     sums = [reply_nll(model, tok, c["messages"]) for c in CHATS]
-    expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
-    assert compare.heldout_loss(model, tok, CHATS) == pytest.approx(expected, rel=1e-5)
-    # cut inside the first reply: only the reply tokens within max_length are scored
-    cut = len(tok.apply_chat_template(CHATS[0]["messages"][:-1], add_generation_prompt=True)["input_ids"]) + 3
-    nll, n = reply_nll(model, tok, CHATS[0]["messages"], max_length=cut)
-    assert n == 3 and compare.heldout_loss(model, tok, CHATS[:1], max_length=cut) == pytest.approx(nll / n, rel=1e-5)
-    with pytest.raises(ValueError, match="reply tokens"):
-        compare.heldout_loss(model, tok, CHATS, max_length=3)
+    scored = compare.heldout_scores(model, tok, CHATS)
+    assert scored["heldout_loss"] == pytest.approx(sum(s for s, _ in sums) / sum(n for _, n in sums), rel=1e-5)
+    assert [c for _, c in scored["heldout_scores"]] == [n for _, n in sums]
+    assert [s for s, _ in scored["heldout_scores"]] == pytest.approx([s for s, _ in sums], rel=1e-5)
+    json.dumps(scored)   # saved with the results
+
+
+def fake_scores(losses, tokens=4):
+    """Per-record held-out scores whose records have the given mean losses."""
+    return {"heldout_loss": sum(losses) / len(losses), "heldout_scores": [[x * tokens, tokens] for x in losses]}
+
+
+def test_quality_ratio_noise_follows_the_spread_of_the_records():
+    """The ratio's band is wide when records disagree about LoRA against full fine-tuning, and
+    narrow when every record tells the same story."""
+    base = [2.0] * 20
+    full = [1.0] * 20
+    steady = [1.1] * 20                               # every record: 90% of full's gain
+    mixed = [1.6, 0.6] * 10                           # the same 90% on average, record by record 40% or 140%
+    results = {"base": fake_scores(base), "full": fake_scores(full), "lora": fake_scores(steady), "dora": fake_scores(mixed)}
+    assert compare.quality_ratio_noise(results, "lora") == pytest.approx(0.0, abs=1e-9)
+    wide = compare.quality_ratio_noise(results, "dora")
+    assert 0.2 < wide < 0.6   # two bootstrap sds of a mean of 20 records spread by ±0.5: about 2 * 0.5 / sqrt(20)
+    assert compare.quality_ratio_noise(results, "dora") == wide            # seeded: the same band each time
+    assert compare.quality_ratio_noise({**results, "dora": fake("dora", 1.1)}, "dora") == float("inf")
+    assert compare.loss_difference_noise(results, "dora", "lora") == pytest.approx(
+        __import__("labkit").claims.paired_noise(mixed, steady))
 
 
 def test_config_is_the_same_for_every_method_but_the_learning_rate():
@@ -36,7 +55,7 @@ def test_config_is_the_same_for_every_method_but_the_learning_rate():
 
 
 def fake(method, loss, acc=1.0, trainable=10, profile_name="smoke"):
-    return {"method": method, "profile": profile_name, "heldout_loss": loss, "probe_accuracy": acc,
+    return {"method": method, "profile": profile_name, "heldout_loss": loss, "heldout_scores": [[loss, 1]], "probe_accuracy": acc,
             "trainable_params": trainable, "total_params": 1000, "peak_memory_mb": 1.0,
             "step_time_s": 1.0, "disk_mb": 1.0}
 
@@ -103,3 +122,33 @@ def test_a_saved_run_that_did_not_finish_is_trained_again(tmp_path, monkeypatch,
     assert trained == ["dora"]
     assert results["dora"]["heldout_loss"] == 1.1 and results["lora"]["heldout_loss"] == 1.2
     assert "dora: the saved run did not finish (diverged at step 2" in capsys.readouterr().out
+
+
+def test_a_saved_run_without_per_record_scores_is_scored_again(tmp_path, monkeypatch, capsys):
+    """Runs saved by an older labkit have only the mean loss: the band of notebook 08's ratio and
+    10's DoRA-against-LoRA difference needs every record's loss, so they are run again."""
+    monkeypatch.chdir(tmp_path)
+    old = {k: v for k, v in fake("lora", 1.2).items() if k != "heldout_scores"}
+    compare._save({**fake("base", 2.0)})
+    compare._save({**old, "stopped": "finished"})
+    trained = []
+    monkeypatch.setattr(compare, "run_method", lambda m, p, **kw: trained.append(m) or fake(m, 1.1))
+    compare.ensure_results(["lora"], profile("smoke"))
+    assert trained == ["lora"] and "no per-record held-out scores" in capsys.readouterr().out
+
+
+def test_difference_noise_takes_the_larger_of_records_and_seed():
+    results = {"lora": fake_scores([1.0, 1.2, 0.8, 1.0]), "dora": fake_scores([0.99, 1.19, 0.79, 0.99])}
+    only_records = compare.difference_noise(results, "dora", "lora")
+    assert only_records["seed"] == 0.0 and only_records["noise"] == only_records["records"] == pytest.approx(0.0, abs=1e-9)
+    with_seed = compare.difference_noise(results, "dora", "lora", rerun={"heldout_loss": 1.05})
+    assert with_seed["seed"] == pytest.approx(0.05) and with_seed["noise"] == pytest.approx(0.05)
+
+
+def test_against_best_reads_each_sweep_run_with_its_noise():
+    runs = [{"label": "r=8", **fake_scores([1.0, 1.2, 0.8, 1.0])},
+            {"label": "r=32", **fake_scores([1.2, 1.4, 1.0, 1.2])},          # 0.2 above on every record
+            {"label": "attention", **fake_scores([1.9, 0.3, 1.7, 0.5])}]     # 0.1 above on average, records disagree
+    t = compare.against_best(runs)
+    assert list(t["reads"]) == ["the lowest", "worse", "within noise of the lowest"]
+    assert t.loc["r=32", "above the best"] == pytest.approx(0.2) and t.loc["r=32", "noise"] == pytest.approx(0.0, abs=1e-9)

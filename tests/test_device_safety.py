@@ -333,7 +333,7 @@ def _quantization(model, tok):
 
 
 def _calls():
-    from labkit import compare, predictions, probes, process, rlhf, scoring, serving
+    from labkit import compare, predictions, probes, rlhf, scoring, serving
 
     return {
         "predictions.next_token_distribution": lambda m, t: predictions.next_token_distribution(m, t, "The capital"),
@@ -343,8 +343,8 @@ def _calls():
         "predictions.sample_step": lambda m, t: predictions.sample_step(m, t, "The", generator=torch.Generator().manual_seed(0)),
         "probes.cloze_accuracy": lambda m, t: probes.cloze_accuracy(m, t, CLOZE),
         "probes.sense_table": lambda m, t: probes.sense_table(m, t, SENSES),
-        "compare.heldout_loss": lambda m, t: compare.heldout_loss(m, t, CHATS),
-        "process.reply_loss": lambda m, t: process.reply_loss(m, t, CHATS),
+        "compare.heldout_scores": lambda m, t: compare.heldout_scores(m, t, CHATS),
+        "probes.reply_loss": lambda m, t: probes.reply_loss(m, t, CHATS),
         "rlhf.sample_responses": lambda m, t: rlhf.sample_responses(m, t, ["Hi"], n=2, max_new_tokens=3),
         "rlhf.reward_scores": _reward,
         "scoring.generate_batch": lambda m, t: scoring.generate_batch(m, t, ["Hi", "Add one and two."], max_new_tokens=3),
@@ -427,7 +427,7 @@ def test_compared_methods_count_the_weights_once_on_a_gpu(monkeypatch, toy, tmp_
     monkeypatch.chdir(tmp_path)
     for name, value in {"load_model": lambda **kw: (model, tok), "train": train,
                         "task_data": lambda p: (CHATS, CHATS, CLOZE), "save_checkpoint": lambda *a: 0,
-                        "heldout_loss": lambda *a: 1.0, "cloze_accuracy": lambda *a: 0.5}.items():
+                        "heldout_scores": lambda *a: {"heldout_loss": 1.0, "heldout_scores": [[1.0, 1]]}, "cloze_accuracy": lambda *a: 0.5}.items():
         monkeypatch.setattr(compare, name, value)
     result = compare.run_method("lora", smoke, save=False)
     assert result["peak_memory_mb"] == pytest.approx(weights_mb + 200)

@@ -9,7 +9,7 @@ import torch.nn.functional as F_
 
 from labkit import forgetting as F
 from labkit.predictions import perplexity
-from labkit.probes import cloze_accuracy, cloze_correct
+from labkit.probes import cloze_accuracy, cloze_correct, cloze_results
 
 
 def test_perplexity_by_hand(toy):
@@ -32,11 +32,11 @@ def test_cloze_scoring_by_hand(toy):
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tok(answer, add_special_tokens=False)["input_ids"]
 
-    def steer(module, args, kwargs, output):
-        ids = kwargs["input_ids"][0].tolist()
-        assert ids[:len(p_ids)] == p_ids
-        for j, a in enumerate(a_ids[:len(ids) - len(p_ids) + 1]):
-            output.logits[0, len(p_ids) - 1 + j, a] += 1e4
+    def steer(module, args, kwargs, output):   # every row whose text starts with the prompt: " Paris."
+        for row, ids in enumerate(kwargs["input_ids"].tolist()):
+            if ids[:len(p_ids)] == p_ids:
+                for j, a in enumerate(a_ids[:len(ids) - len(p_ids) + 1]):
+                    output.logits[row, len(p_ids) - 1 + j, a] += 1e4
         return output
 
     model.register_forward_hook(steer, with_kwargs=True)
@@ -47,6 +47,10 @@ def test_cloze_scoring_by_hand(toy):
     assert not cloze_correct(model, tok, prompt, " London.")
     items = [{"prompt": prompt, "answer": a} for a in (answer, almost, " London.")]
     assert cloze_accuracy(model, tok, items) == pytest.approx(1 / 3)
+    # scored in padded batches of different lengths, each item's result is the one it gets alone
+    items += [{"prompt": "Water", "answer": " boils."}, {"prompt": "A much longer prompt about a city in Europe:", "answer": " Rome"}]
+    alone = [cloze_results(model, tok, [it])[0] for it in items]
+    assert cloze_results(model, tok, items, batch_size=4) == alone and alone[:3] == [True, False, False]
 
 
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 0.75])

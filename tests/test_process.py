@@ -1,7 +1,7 @@
 """The decision helper, the held-out reply loss and the grid runner."""
 import pytest
 
-from labkit import calculator, lora, process
+from labkit import calculator, lora, probes, process
 from labkit.toy import toy_model
 
 
@@ -68,11 +68,11 @@ def test_reply_loss_counts_only_replies(reply_nll):
     long_prompt = {"messages": [{"role": "user", "content": "Say hi. " * 20}, rec["messages"][1]]}
     sums = [reply_nll(model, tok, r["messages"]) for r in (rec, long_prompt)]
     expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
-    assert process.reply_loss(model, tok, [rec, long_prompt], batch_size=2) == pytest.approx(expected, rel=1e-5)
+    assert probes.reply_loss(model, tok, [rec, long_prompt], batch_size=2) == pytest.approx(expected, rel=1e-5)
     nll, n = sums[0]
-    assert process.reply_loss(model, tok, [rec]) == pytest.approx(nll / n, rel=1e-5)
+    assert probes.reply_loss(model, tok, [rec]) == pytest.approx(nll / n, rel=1e-5)
     with pytest.raises(ValueError, match="no reply tokens"):
-        process.reply_loss(model, tok, [long_prompt], max_length=8)
+        probes.reply_loss(model, tok, [long_prompt], max_length=8)
 
 
 def test_grid_runs_every_point_and_sorts():
@@ -104,13 +104,13 @@ def test_per_record_losses_add_up_to_the_reply_loss():
     model, tok = toy_model()
     recs = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
             for u, a in [("Say hi.", "Hi there."), ("Count.", "One two three four."), ("Go.", "Off we go now.")]]
-    per = process.reply_losses(model, tok, recs, batch_size=2)   # batched by length, returned in order
+    per = probes.reply_losses(model, tok, recs, batch_size=2)   # batched by length, returned in order
     assert len(per) == 3 and all(c > 0 for _, c in per)
-    alone = [process.reply_losses(model, tok, [r])[0] for r in recs]
+    alone = [probes.reply_losses(model, tok, [r])[0] for r in recs]
     assert [c for _, c in per] == [c for _, c in alone]
     assert [s for s, _ in per] == pytest.approx([s for s, _ in alone], rel=1e-5)
-    assert process.mean_loss(per) == pytest.approx(process.reply_loss(model, tok, recs), rel=1e-6)
-    assert process.per_token(per) == pytest.approx([s / c for s, c in per])
+    assert probes.mean_loss(per) == pytest.approx(probes.reply_loss(model, tok, recs), rel=1e-6)
+    assert probes.per_token(per) == pytest.approx([s / c for s, c in per])
 
 
 def run_with(per_record):
@@ -131,3 +131,38 @@ def test_clean_against_noisy_judges_each_rate_against_its_noise_band():
     assert by_rate[0.1]["verdict"] is False and by_rate[0.7]["records"] == 4
     with pytest.raises(ValueError):
         process.clean_against_noisy(clean, {0.5: run_with([2.0, 2.0])})   # records must pair up
+
+
+def test_validation_by_record_scores_each_evaluation():
+    """The callback's per-record losses at each evaluation average to about the trainer's own
+    validation loss, on the same steps."""
+    from labkit import train
+
+    model, tok = toy_model()
+    recs = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w} {w} {w}."}]}
+            for w in ("hi", "yes", "no", "go", "up", "down")]
+    by_record = process.validation_by_record(tok, recs[4:], max_length=32)
+    run = train(model, tok, recs[:4], eval_data=recs[4:], method="lora", steps=4, batch_size=2, max_length=32,
+                learning_rate=1e-2, eval_every=2, mixed_precision="no", live=False, callbacks=[by_record])
+    assert [r["step"] for r in by_record.rows] == [e["step"] for e in run.history.evals] == [2, 4]
+    for row, ev in zip(by_record.rows, run.history.evals):
+        assert len(row["per_record"]) == 2 and probes.mean_loss(row["per_record"]) == pytest.approx(ev["eval_loss"], rel=0.05)
+
+
+def test_overfitting_verdict_follows_the_rise_and_its_band():
+    from types import SimpleNamespace
+
+    def judged(evals, train_losses=(3.0, 1.0)):
+        rows = [{"step": 2 * (i + 1), "per_record": [(x, 1) for x in per]} for i, per in enumerate(evals)]
+        history = SimpleNamespace(rows=[{"loss": x} for x in train_losses])
+        return process.overfitting(history, SimpleNamespace(rows=rows))
+
+    low, steady_rise, mixed = [1.0, 1.2, 0.8, 1.0], [1.5, 1.7, 1.3, 1.5], [2.5, 0.2, 2.3, 0.0]
+    fit = judged([[1.3] * 4, low, steady_rise])
+    assert fit["verdict"] is True and fit["lowest step"] == 4 and fit["rise"] == pytest.approx(0.5)
+    assert fit["noise band"] == pytest.approx(0.0) and fit["curve"][1] == (4, pytest.approx(1.0))
+    assert judged([low, mixed])["verdict"] == "within noise"       # the same +0.25 on average, records disagree
+    assert judged([steady_rise, low])["verdict"] is False          # the last evaluation is the lowest
+    assert judged([low, steady_rise], train_losses=(1.0, 2.0))["verdict"] is False   # training loss did not fall
+    with pytest.raises(ValueError, match="no evaluations"):
+        judged([])
