@@ -43,8 +43,7 @@ from pathlib import Path
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import machine, table  # noqa: E402
+from common import machine, table, write_section  # noqa: E402
 
 COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reliability.py --write"
 OUTCOMES = ("clear error", "handled", "unclear error", "passed silently", "lost data", "left litter", "not run")
@@ -1069,21 +1068,6 @@ def _(ctx):
 
 
 # --- the report -------------------------------------------------------------------------------
-
-def write_section(name: str, body: str) -> None:
-    """``common.write_section``, with the body inserted as it is: that one passes it to ``re.sub`` as
-    the replacement, which reads its backslashes (``\\ud800`` in a case name, ``\\|`` in a table
-    cell) as escapes once the section exists."""
-    path = common.RESULTS
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"## {name}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
 
 def md(text) -> str:
     return str(text).replace("|", "\\|").replace("<", "&lt;")

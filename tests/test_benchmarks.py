@@ -67,3 +67,13 @@ def test_forgetting_seeds_uses_notebook_04s_own_config(bench):
     cpu, smoke = seeds.notebook_config("cpu"), seeds.notebook_config("smoke")
     assert cpu["steps"] > smoke["steps"] and cpu["full_rates"] != smoke["full_rates"]
     assert {"domain", "batch_size", "max_length", "replay_share", "probe_sizes", "seed"} <= set(cpu)
+
+
+def test_rlhf_seeds_reads_a_candidate_setting_and_refuses_an_unknown_one(bench):
+    seeds = bench.import_module("bench_rlhf_seeds")
+    assert seeds.parse_setting("dpo_max_length=96") == ("dpo_max_length", 96)
+    assert seeds.parse_setting("dpo_beta=0.2") == ("dpo_beta", 0.2)
+    with pytest.raises(SystemExit, match="dpo_max_len.*RLHFConfig's fields"):
+        seeds.parse_setting("dpo_max_len=96")
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        seeds.parse_setting("dpo_max_length")
