@@ -7,9 +7,10 @@ static HTML page (prose, code, printed results and every chart with its data), w
 
 Each page starts with a banner naming the machine, the profile, the date of the run and labkit's git
 commit; ``index.html`` lists the notebooks with their run time in this build. The notebooks run in
-order in fresh kernels, as a learner goes through them (09 and 12 reuse what 08, 05 and 07 saved in
-``outputs/``); their claims ledgers go to a folder of the build's own (``LABKIT_OUTPUTS``), so
-notebook 12's course table shows this run's claims.
+order in fresh kernels, as a learner goes through them (09 and 12 reuse what 08, 05 and 07 saved).
+Everything they make, their claims ledgers included, goes to a folder of the build's own
+(``LABKIT_OUTPUTS``): a build leaves a learner's ``outputs/`` alone, and notebook 12's course table
+shows this run's claims.
 
 The pages are exported as ``tests/test_notebooks.py`` exports them (nbconvert's HTML exporter,
 widget state dropped, as JupyterLab saves by default), and then opened in Chromium with no kernel

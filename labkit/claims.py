@@ -28,19 +28,12 @@ import uuid
 from pathlib import Path
 
 from . import files
+from .files import outputs_root  # noqa: F401  (claims.outputs_root: where the ledger goes)
 
 RUN = uuid.uuid4().hex   # this process: entries of other runs are replaced, not kept beside
 
 VERDICTS = {True: "holds", False: "does not hold", "within noise": "within noise (not shown at this scale)",
             "not reproduced": "not reproduced at this scale"}
-
-
-def outputs_root() -> Path:
-    """``outputs/`` at the repository root (``LABKIT_OUTPUTS`` overrides it)."""
-    if os.environ.get("LABKIT_OUTPUTS"):
-        return Path(os.environ["LABKIT_OUTPUTS"])
-    here = Path.cwd()
-    return (here.parent if here.name == "notebooks" else here) / "outputs"
 
 
 def verdict(effect: float, noise: float = 0.0):

@@ -314,10 +314,10 @@ the tokenizer, and `run_report.json` (world size, losses per step, wall time, th
 
 
 def default_job_dir(data_file: Path, method: str) -> Path:
-    """``outputs/jobs/<data>-<method>`` at the repository root (where the notebooks' outputs go)."""
-    here = Path.cwd()
-    root = here.parent if here.name == "notebooks" else here
-    return root / "outputs" / "jobs" / f"{Path(data_file).stem}-{method}"
+    """``outputs/jobs/<data>-<method>`` at the repository root (``labkit.files.outputs_root``)."""
+    from .files import outputs_root
+
+    return outputs_root() / "jobs" / f"{Path(data_file).stem}-{method}"
 
 
 def export_job(config: TrainConfig | dict | None = None, model: str = "smollm2-135m-instruct",

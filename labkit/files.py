@@ -146,6 +146,16 @@ def copy_file(src, dst) -> Path:
     return dst
 
 
+
+def outputs_root() -> Path:
+    """``outputs/`` at the repository root: where the notebooks keep what they make (adapters,
+    results, the claims ledger). ``LABKIT_OUTPUTS`` moves it; the test suite and the benchmarks do,
+    so that their runs never overwrite a learner's."""
+    if os.environ.get("LABKIT_OUTPUTS"):
+        return Path(os.environ["LABKIT_OUTPUTS"])
+    here = Path.cwd()
+    return (here.parent if here.name == "notebooks" else here) / "outputs"
+
 @contextmanager
 def replacing_folder(target):
     """Yield a new, empty temporary folder beside ``target``. If the block ends without an error,

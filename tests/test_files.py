@@ -2,6 +2,7 @@
 litter after a crash, a lock for a second writer. (Killed writers: tests/test_reliability.py.)"""
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,20 @@ def test_a_second_writer_waits_then_is_refused_by_name(tmp_path):
     with files.locked(path, timeout_s=0.1):  # released: the next writer gets it at once
         pass
     assert issubclass(files.Busy, OSError)
+
+
+def test_everything_the_notebooks_make_goes_under_one_outputs_root(tmp_path, monkeypatch):
+    """One place decides where outputs/ is, so that LABKIT_OUTPUTS (set by the test suite and the
+    benchmarks) keeps their runs from overwriting a learner's results and adapters."""
+    from labkit import claims, compare, export
+    from labkit.files import outputs_root
+
+    monkeypatch.delenv("LABKIT_OUTPUTS", raising=False)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")            # a notebook's working folder
+    assert outputs_root() == tmp_path / "outputs"
+    elsewhere = tmp_path / "test-run"
+    monkeypatch.setenv("LABKIT_OUTPUTS", str(elsewhere))
+    assert outputs_root() == claims.outputs_root() == elsewhere
+    assert compare.output_dir() == elsewhere / "method_comparison"
+    assert export.default_job_dir(Path("data/domains/medical.jsonl"), "lora") == elsewhere / "jobs" / "medical-lora"

@@ -36,18 +36,26 @@ def executed(tmp_path_factory):
     return tmp_path_factory.mktemp("executed")
 
 
+def learner_outputs() -> dict:
+    """Every file under the repository's ``outputs/`` with its size and time: a test run must leave a
+    learner's adapters and results as they are (``LABKIT_OUTPUTS`` sends the notebooks' elsewhere)."""
+    root = NOTEBOOKS[0].parent.parent / "outputs"
+    return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in root.rglob("*") if f.is_file()} if root.exists() else {}
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_smoke_profile_and_renders_statically(path, monkeypatch, chromium, executed, tmp_path):
     monkeypatch.setenv("LABKIT_PROFILE", "smoke")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("LABKIT_OUTPUTS", str(tmp_path / "outputs"))   # the claims ledger, apart from outputs/
+    monkeypatch.setenv("LABKIT_OUTPUTS", str(tmp_path / "outputs"))   # everything the notebooks make, apart from outputs/
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
+    start, kept = time.perf_counter(), learner_outputs()
     client.execute()   # raises CellExecutionError, with the cell and its traceback, on any error
     print(f"{path.name}: {time.perf_counter() - start:.1f} s in the smoke profile")
+    assert learner_outputs() == kept, f"{path.name} wrote into the repository's outputs/ (a learner's results)"
     nbformat.write(nb, executed / path.name)
     check_ledger(path, tmp_path / "outputs")
     noise = [f"cell {i}: {o['text'][:80]!r}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
