@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
-    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                     help="change a field of the profile's RLHFConfig, e.g. dpo_max_length=96")
     args = ap.parse_args()
     overrides = dict(parse_setting(s) for s in args.set)
@@ -62,7 +62,7 @@ def main():
     shares = [(base_mean - r["mean words, DPO"]) / base_mean for r in rows]
     spread = statistics.stdev(shares) if len(shares) > 1 else float("nan")
     body = (f"Measured {machine()}; `benchmarks/bench_rlhf_seeds.py --profile {P.name} --seeds "
-            f"{' '.join(map(str, args.seeds))}{''.join(' --set ' + s for s in args.set)}` "
+            f"{' '.join(map(str, args.seeds))}{' --set ' + ' '.join(args.set) if args.set else ''}` "
             f"({time.perf_counter() - start:.0f} s in all).\n"
             f"Notebook 06's DPO stage ({cfg0.dpo_steps} steps, batch {cfg0.dpo_batch_size}, lr {cfg0.dpo_learning_rate}, "
             f"sequences cut at {cfg0.dpo_max_length} tokens) "

@@ -44,7 +44,6 @@ from .profiles import profile as get_profile
 from .training import TrainConfig, train
 from .plots import LabFigure, lab_layout
 
-OUTPUT_DIR = Path("outputs") / "method_comparison"
 METHODS = ("full", "lora", "qlora", "dora")
 # Learning rates: adapters learn at about 10x the rate full fine-tuning tolerates.
 # Replies are scored in windows of this many tokens, whatever the training length, so that every
@@ -54,10 +53,8 @@ LEARNING_RATES = {"full": 5e-5, "lora": 5e-4, "qlora": 5e-4, "dora": 5e-4}
 
 
 def output_dir() -> Path:
-    """``outputs/method_comparison`` at the repository root (where the notebooks' outputs go)."""
-    here = Path.cwd()
-    root = here.parent if here.name == "notebooks" else here
-    return root / OUTPUT_DIR
+    """``outputs/method_comparison`` at the repository root (``labkit.files.outputs_root``)."""
+    return files.outputs_root() / "method_comparison"
 
 
 def task_data(profile=None) -> tuple[list[dict], list[dict], list[dict]]:
@@ -266,12 +263,13 @@ def loss_difference_noise(results: dict, a: str, b: str) -> float:
 def difference_noise(results: dict, a: str, b: str, rerun: dict | None = None) -> dict:
     """The noise of method ``a``'s held-out loss minus ``b``'s, from two sources: the held-out
     records (``records``: :func:`loss_difference_noise`) and, given ``rerun`` (``b`` trained again
-    with only the seed changed, :func:`run_method` with ``seed=1``), training's own spread
-    (``seed``: the gap between ``b``'s two runs). ``noise`` is the larger: a difference between
-    methods smaller than the difference between two seeds of one method is no finding."""
+    with only the seed changed, :func:`run_method` with ``seed=1``), training's own spread:
+    ``seed gap``, how far ``b``'s two runs landed apart, and ``seed``, twice that (one gap is one
+    draw of the difference chance alone makes between two runs; twice it is a rough counterpart of
+    the two-standard-error bands elsewhere). ``noise`` is the larger of ``records`` and ``seed``."""
     records = loss_difference_noise(results, a, b)
-    seed = abs(rerun["heldout_loss"] - results[b]["heldout_loss"]) if rerun else 0.0
-    return {"records": records, "seed": seed, "noise": max(records, seed)}
+    gap = abs(rerun["heldout_loss"] - results[b]["heldout_loss"]) if rerun else 0.0
+    return {"records": records, "seed gap": gap, "seed": 2 * gap, "noise": max(records, 2 * gap)}
 
 
 def quality_ratio_noise(results: dict, method: str, draws: int = 2000, seed: int = 0) -> float:

@@ -198,20 +198,24 @@ def train_and_score(train_records, heldout_records, label: str = "run", eval_rec
             **result.history.summary(), "history": result.history}
 
 
-def validation_by_record(tokenizer, records, max_length: int = 256):
+def validation_by_record(tokenizer, records, max_length: int = 256, every: int = 2):
     """A ``transformers.TrainerCallback`` for ``labkit.train(callbacks=[...])`` that scores every
-    validation record (:func:`reply_losses`) at each evaluation: ``.rows``, one
-    ``{"step", "per_record"}`` per evaluation, the paired scores that give a change in validation
-    loss its noise band (:func:`overfitting`)."""
+    validation record (:func:`reply_losses`) after each ``every`` optimizer steps: ``.rows``, one
+    ``{"step", "per_record"}`` per scoring, the paired scores that give a change in validation loss
+    its noise band (:func:`overfitting`). It is the run's validation: no ``eval_data`` is needed."""
     from transformers import TrainerCallback
+
+    if not (isinstance(every, int) and every >= 1):
+        raise ValueError(f"every={every!r}: score the validation records every N steps, N a whole number >= 1")
 
     class ValidationByRecord(TrainerCallback):
         def __init__(self):
             self.rows = []
 
-        def on_evaluate(self, args, state, control, model=None, **kwargs):
-            self.rows.append({"step": state.global_step,
-                              "per_record": reply_losses(model, tokenizer, records, max_length=max_length)})
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0:
+                self.rows.append({"step": state.global_step,
+                                  "per_record": reply_losses(model, tokenizer, records, max_length=max_length)})
 
     return ValidationByRecord()
 
@@ -228,7 +232,7 @@ def overfitting(history, by_record) -> dict:
 
     evals = [{"step": r["step"], "per_record": per_token(r["per_record"])} for r in by_record.rows]
     if not evals:
-        raise ValueError("no evaluations were scored: train with eval_data, eval_every and this callback")
+        raise ValueError("no validation scores: train for at least `every` steps with validation_by_record's callback")
     for e in evals:
         e["loss"] = sum(e["per_record"]) / len(e["per_record"])
     best, last = min(evals, key=lambda e: e["loss"]), evals[-1]

@@ -142,7 +142,7 @@ def test_difference_noise_takes_the_larger_of_records_and_seed():
     only_records = compare.difference_noise(results, "dora", "lora")
     assert only_records["seed"] == 0.0 and only_records["noise"] == only_records["records"] == pytest.approx(0.0, abs=1e-9)
     with_seed = compare.difference_noise(results, "dora", "lora", rerun={"heldout_loss": 1.05})
-    assert with_seed["seed"] == pytest.approx(0.05) and with_seed["noise"] == pytest.approx(0.05)
+    assert with_seed["seed gap"] == pytest.approx(0.05) and with_seed["noise"] == with_seed["seed"] == pytest.approx(0.1)
 
 
 def test_against_best_reads_each_sweep_run_with_its_noise():

@@ -133,20 +133,22 @@ def test_clean_against_noisy_judges_each_rate_against_its_noise_band():
         process.clean_against_noisy(clean, {0.5: run_with([2.0, 2.0])})   # records must pair up
 
 
-def test_validation_by_record_scores_each_evaluation():
-    """The callback's per-record losses at each evaluation average to about the trainer's own
-    validation loss, on the same steps."""
+def test_validation_by_record_scores_every_few_steps_as_the_trainer_would():
+    """The callback's per-record losses, every 2 steps, average to about the trainer's own
+    validation loss at the same steps."""
     from labkit import train
 
     model, tok = toy_model()
     recs = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w} {w} {w}."}]}
             for w in ("hi", "yes", "no", "go", "up", "down")]
-    by_record = process.validation_by_record(tok, recs[4:], max_length=32)
+    by_record = process.validation_by_record(tok, recs[4:], max_length=32, every=2)
     run = train(model, tok, recs[:4], eval_data=recs[4:], method="lora", steps=4, batch_size=2, max_length=32,
                 learning_rate=1e-2, eval_every=2, mixed_precision="no", live=False, callbacks=[by_record])
     assert [r["step"] for r in by_record.rows] == [e["step"] for e in run.history.evals] == [2, 4]
     for row, ev in zip(by_record.rows, run.history.evals):
         assert len(row["per_record"]) == 2 and probes.mean_loss(row["per_record"]) == pytest.approx(ev["eval_loss"], rel=0.05)
+    with pytest.raises(ValueError, match="every=0"):
+        process.validation_by_record(tok, recs, every=0)
 
 
 def test_overfitting_verdict_follows_the_rise_and_its_band():
@@ -164,5 +166,5 @@ def test_overfitting_verdict_follows_the_rise_and_its_band():
     assert judged([low, mixed])["verdict"] == "within noise"       # the same +0.25 on average, records disagree
     assert judged([steady_rise, low])["verdict"] is False          # the last evaluation is the lowest
     assert judged([low, steady_rise], train_losses=(1.0, 2.0))["verdict"] is False   # training loss did not fall
-    with pytest.raises(ValueError, match="no evaluations"):
+    with pytest.raises(ValueError, match="no validation scores"):
         judged([])
