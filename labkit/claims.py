@@ -102,9 +102,11 @@ def _value(name: str, value):
         raise ValueError(f"measured[{name!r}]: a number or a short text, got {type(value).__name__}") from None
 
 
-def record(notebook: str, claim: str, says: str, measured: dict, verdict, note: str = "") -> dict:
+def record(notebook: str, claim: str, says: str, measured: dict, verdict, note: str = "", seed="last") -> dict:
     """Add (or replace, by ``claim``) one entry in ``notebook``'s ledger and return it; entries an
-    earlier run (another process) recorded there are dropped."""
+    earlier run (another process) recorded there are dropped. ``seed``: the seed the numbers were
+    measured with; by default the notebook's last ``labkit.set_seed`` (give it when a later run,
+    such as a second seed to measure noise, seeded something else)."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict={verdict!r}: True (holds), False (does not hold), 'within noise' "
                          "or 'not reproduced'")
@@ -116,7 +118,8 @@ def record(notebook: str, claim: str, says: str, measured: dict, verdict, note: 
     entry = {"notebook": notebook, "claim": claim, "says": says,
              "measured": {k: _value(k, v) for k, v in measured.items()},
              "verdict": VERDICTS[verdict], "note": note, "profile": profile().name,
-             "seed": reproducibility.LAST_SEED,   # the notebook's labkit.set_seed; None: it drew nothing at random
+             # the notebook's labkit.set_seed unless given; None: it drew nothing at random
+             "seed": reproducibility.LAST_SEED if seed == "last" else seed,
              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "run": RUN}
     path = ledger_path(notebook)
     with files.locked(path):

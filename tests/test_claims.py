@@ -25,7 +25,7 @@ def test_an_entry_is_written_replaced_by_its_claim_and_gathered_in_notebook_orde
     reproducibility.set_seed(7, deterministic=False)
     claims.record("02_weights", "c1", says="s", measured={"p": 0.125}, verdict=False,   # rerun: replaced
                   note="a | in a note")
-    claims.record("00_start", "c0", says="s", measured={"top": " Paris"}, verdict=True)
+    claims.record("00_start", "c0", says="s", measured={"top": " Paris"}, verdict=True, seed="0 (and 1)")
     (outputs / "rlhf").mkdir()   # notebook 06 keeps its own comparison there: not a ledger
     (outputs / "rlhf" / "results.json").write_text(json.dumps({"comparison": []}))
     on_disk = json.loads((outputs / "02_weights" / "results.json").read_text())
@@ -36,7 +36,7 @@ def test_an_entry_is_written_replaced_by_its_claim_and_gathered_in_notebook_orde
         ("02_weights", "c1", "does not hold")]
     assert got[2]["measured"] == {"p": 0.125} and got[2]["profile"] == "smoke" and got[2]["machine"]
     assert list(claims.table()["verdict"]) == [e["verdict"] for e in got]
-    assert got[2]["seed"] == 7 and got[1]["seed"] is None
+    assert got[2]["seed"] == 7 and got[1]["seed"] is None and got[0]["seed"] == "0 (and 1)"   # given, not the last
     assert "| 02 | c1 | p 0.125 | does not hold | smoke | 7 | a \\| in a note |" in claims.markdown()
     assert "| 02 | c2 | p 0.5 | within noise (not shown at this scale) | smoke | none |  |" in claims.markdown()
 
