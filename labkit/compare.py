@@ -32,8 +32,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from . import files
 from .claims import bootstrap_noise, paired_noise
 from .data import data_path, read_jsonl
@@ -78,7 +76,6 @@ def comparison_config(method: str, profile=None, **overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides}).validate()
 
 
-@torch.no_grad()
 def heldout_scores(model, tokenizer, records) -> dict:
     """The held-out measure every method gets: ``heldout_loss`` (nats per reply token, over all
     records) and ``heldout_scores``, each record's (summed loss, reply tokens), kept so that two

@@ -146,7 +146,6 @@ def copy_file(src, dst) -> Path:
     return dst
 
 
-
 def outputs_root() -> Path:
     """``outputs/`` at the repository root: where the notebooks keep what they make (adapters,
     results, the claims ledger). ``LABKIT_OUTPUTS`` moves it; the test suite and the benchmarks do,
@@ -155,6 +154,7 @@ def outputs_root() -> Path:
         return Path(os.environ["LABKIT_OUTPUTS"])
     here = Path.cwd()
     return (here.parent if here.name == "notebooks" else here) / "outputs"
+
 
 @contextmanager
 def replacing_folder(target):
