@@ -79,6 +79,29 @@ def sense_table(model, tokenizer, probes):
     return pd.DataFrame(rows)
 
 
+def probability_shift(before, after, targets: list[str]) -> dict:
+    """How much likelier ``targets`` became, from two next-token tables of the same contexts
+    (:func:`labkit.widgets.probe_table`, before and after tuning).
+
+    Returns ``ratio``: p after / p before over every (context, target) row of ``targets``, as a
+    geometric mean (a halving and a doubling cancel); ``noise``: two standard errors of the rows'
+    log-ratios (how far the contexts disagree; compare with ``log(ratio)``); ``rows``; and the mean
+    probabilities ``p before`` and ``p after``."""
+    import math
+    import statistics
+
+    keep = before["target"].isin(targets).to_numpy()
+    if not keep.any():
+        raise ValueError(f"none of {targets!r} is a target of the probe table ({sorted(set(before['target']))})")
+    if list(before["context"]) != list(after["context"]) or list(before["target"]) != list(after["target"]):
+        raise ValueError("before and after must probe the same contexts and targets, in the same order")
+    p0, p1 = before["probability"][keep].tolist(), after["probability"][keep].tolist()
+    logs = [math.log(b / a) for a, b in zip(p0, p1)]
+    noise = 2 * statistics.stdev(logs) / len(logs) ** 0.5 if len(logs) > 1 else float("inf")
+    return {"ratio": math.exp(statistics.mean(logs)), "noise": noise, "rows": len(logs),
+            "p before": statistics.mean(p0), "p after": statistics.mean(p1)}
+
+
 # --- held-out replies ---------------------------------------------------------------------------
 
 @torch.no_grad()

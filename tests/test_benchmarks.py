@@ -77,3 +77,12 @@ def test_rlhf_seeds_reads_a_candidate_setting_and_refuses_an_unknown_one(bench):
         seeds.parse_setting("dpo_max_len=96")
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         seeds.parse_setting("dpo_max_length")
+
+
+def test_function_seeds_uses_notebook_02s_own_config(bench):
+    """The 'function' seed benchmark trains notebook 02's config, read from its config cell (without
+    loading a model), per profile."""
+    seeds = bench.import_module("bench_function_seeds")
+    (cpu, cpu_exp), (smoke, _) = seeds.notebook_config("cpu"), seeds.notebook_config("smoke")
+    assert cpu.steps > smoke.steps and cpu.method == "full"
+    assert " of" in cpu_exp["targets"] and "The function" in cpu_exp["contexts"]
