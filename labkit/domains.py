@@ -90,6 +90,27 @@ def compare_senses(before, after):
     return merged
 
 
+def sense_shift(before, after, word: str, sense: str) -> dict:
+    """How far ``word`` moved towards ``sense`` (tables from :func:`sense_table`, before and after):
+    that sense's mean share over the prompts written for several senses, before and after, the
+    change, and its noise (``claims.paired_noise`` over those prompts: about 95% of the change
+    chance alone would make with this many prompts)."""
+    from .claims import paired_noise
+
+    def shares(table):
+        rows = table[(table["word"] == word) & (table["sense"] == sense) & table["share"].notna()]
+        return rows.set_index("prompt")["share"]
+
+    b, a = shares(before), shares(after)
+    if b.empty:
+        raise ValueError(f"no prompt shared by several senses has word {word!r} with sense {sense!r}")
+    a = a.reindex(b.index)
+    if a.isna().any():
+        raise ValueError("before and after must score the same probes")
+    return {"share before": float(b.mean()), "share after": float(a.mean()), "change": float((a - b).mean()),
+            "noise": paired_noise(list(a), list(b)), "prompts": len(b)}
+
+
 def domain_perplexities(model, tokenizer, texts_by_domain: dict, max_length: int = 128,
                         batch_size: int = 8) -> dict:
     """Perplexity of ``model`` on each domain's texts: ``{"medical": 12.3, ...}``."""

@@ -74,3 +74,27 @@ def test_probe_explorer_redraws_when_the_domain_changes():
     assert ex.figure.layout.title.text.startswith("After tuning on legal")
     with pytest.raises(ValueError, match="lacks"):
         domains.probe_explorer({"code": {"before": _fake_table(0.5)}})
+
+
+def test_sense_shift_pairs_the_shared_prompts_and_bands_the_change():
+    """The change in a sense's share is read prompt by prompt: prompts that agree give a narrow
+    band, and a prompt written for one sense only (share NaN) is left out."""
+    import pandas as pd
+    import pytest
+
+    from labkit.domains import sense_shift
+
+    def table(shares):
+        rows = [{"word": "w", "sense": "a", "prompt": p, "share": s} for p, s in shares.items()]
+        rows += [{"word": "w", "sense": "b", "prompt": p, "share": 1 - s} for p, s in shares.items()]
+        rows.append({"word": "w", "sense": "a", "prompt": "one sense only", "share": float("nan")})
+        return pd.DataFrame(rows)
+
+    before = table({"p1": 0.2, "p2": 0.4, "p3": 0.3})
+    moved = sense_shift(before, table({"p1": 0.6, "p2": 0.8, "p3": 0.7}), "w", "a")
+    assert moved["prompts"] == 3 and moved["change"] == pytest.approx(0.4) and moved["noise"] == pytest.approx(0.0)
+    assert moved["share before"] == pytest.approx(0.3) and moved["share after"] == pytest.approx(0.7)
+    mixed = sense_shift(before, table({"p1": 0.6, "p2": 0.0, "p3": 0.3}), "w", "a")
+    assert abs(mixed["change"]) < mixed["noise"]
+    with pytest.raises(ValueError, match="no prompt"):
+        sense_shift(before, before, "w", "c")
