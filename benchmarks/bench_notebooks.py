@@ -25,6 +25,17 @@ from nbclient import NotebookClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_section  # noqa: E402
 
+
+def machine_speed() -> float:
+    """float32 matmul GFLOP/s now (best of 5 at 2048x2048): a shared machine's speed drifts over a
+    day, so each notebook's time is printed beside the speed measured just before it."""
+    import torch
+
+    from bench_training import matmul_peak
+
+    return matmul_peak(torch.float32) / 1e9
+
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 GOAL_S = {"smoke": 60, "cpu": 300, "gpu": 300}
 
@@ -77,6 +88,7 @@ def main():
     times = {}
     for path in paths:
         row = {"notebook": path.stem}
+        row["float32 matmul before (GFLOP/s)"] = round(machine_speed())
         for profile in args.profiles:
             save = args.save_executed if profile == args.profiles[-1] else None
             secs, status = run(path, profile, args.limit_s, ledgers[profile], save)
@@ -88,7 +100,9 @@ def main():
             print(f"{path.stem} [{profile}]: {secs:.1f} s {status}", flush=True)
         rows.append(row)
     body = (f"Measured {machine()}.\nEach notebook executed with nbclient in a fresh kernel "
-            f"(model cache warm). Goals: smoke <= {GOAL_S['smoke']} s, cpu <= {GOAL_S['cpu']} s.\n\n{table(rows)}")
+            f"(model cache warm). Goals: smoke <= {GOAL_S['smoke']} s, cpu <= {GOAL_S['cpu']} s. The machine's float32 "
+            f"matmul speed was measured just before each notebook (the same work takes longer when it is lower).\n\n"
+            f"{table(rows)}")
     print(body)
     write_section("Notebook wall time" + ("" if not args.only else f" ({' '.join(args.only)})"), body)
     from labkit import claims
