@@ -90,6 +90,8 @@ def probability_shift(before, after, targets: list[str]) -> dict:
     import math
     import statistics
 
+    from .claims import paired_noise
+
     keep = before["target"].isin(targets).to_numpy()
     if not keep.any():
         raise ValueError(f"none of {targets!r} is a target of the probe table ({sorted(set(before['target']))})")
@@ -97,7 +99,7 @@ def probability_shift(before, after, targets: list[str]) -> dict:
         raise ValueError("before and after must probe the same contexts and targets, in the same order")
     p0, p1 = before["probability"][keep].tolist(), after["probability"][keep].tolist()
     logs = [math.log(b / a) for a, b in zip(p0, p1)]
-    noise = 2 * statistics.stdev(logs) / len(logs) ** 0.5 if len(logs) > 1 else float("inf")
+    noise = paired_noise([math.log(b) for b in p1], [math.log(a) for a in p0])
     return {"ratio": math.exp(statistics.mean(logs)), "noise": noise, "rows": len(logs),
             "p before": statistics.mean(p0), "p after": statistics.mean(p1)}
 
