@@ -377,3 +377,20 @@ def test_duplicates_are_reported_and_a_mistyped_target_module_is_refused(toy, to
     train(model, tok, [{"text": "a b c"}, {"text": "d e"}, {"text": "a b c"}], method="full", steps=1)
     assert "train_data: 1 record(s) repeat an earlier one exactly (e.g. train_data[2] = train_data[0])" in \
         capsys.readouterr().out
+
+
+def test_the_weight_check_finds_nan_and_infinity_and_not_a_sum_that_overflows():
+    """The guard checks each parameter's sum after every step (cheap) and only then the elements:
+    a NaN or an infinity anywhere is found; finite weights whose sum overflows float32 are not."""
+    from labkit.guards import non_finite_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    assert non_finite_weights(model) == []
+    with torch.no_grad():
+        model[0].weight.fill_(3e38)                     # finite, but the sum of 16 of them is inf
+        assert non_finite_weights(model) == []
+        model[1].bias[2] = float("nan")
+        model[2].weight[0, 0] = float("-inf")
+    assert non_finite_weights(model) == ["1.bias", "2.weight"]
+    model[1].bias.requires_grad_(False)                 # frozen parameters are not the guard's concern
+    assert non_finite_weights(model) == ["2.weight"]
