@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .predictions import _device, continuation_logprob
+from .predictions import _device
 
 
 @torch.no_grad()
@@ -67,16 +67,41 @@ def cloze_accuracy(model, tokenizer, items) -> float:
     return sum(cloze_results(model, tokenizer, items)) / len(items)
 
 
+@torch.no_grad()
+def continuation_logprobs(model, tokenizer, pairs, batch_size: int = 16) -> list[float]:
+    """log P(continuation | prompt), summed over the continuation's tokens, for each
+    ``(prompt, continuation)`` of ``pairs``: :func:`labkit.predictions.continuation_logprob` for many
+    pairs at once (the prompt and the continuation tokenised apart, as there)."""
+    device = _device(model)
+    encoded = [(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"])
+               for p, c in pairs]
+    for k, (p, c) in enumerate(encoded):
+        if not p or not c:
+            raise ValueError(f"pair {k} {pairs[k]!r}: the prompt and the continuation each need at least one token")
+    out = [0.0] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        for rows in _by_length([len(p) + len(c) for p, c in encoded], batch_size):
+            ids, mask = _padded([encoded[k][0] + encoded[k][1] for k in rows], tokenizer.pad_token_id or 0, device)
+            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for row, k in enumerate(rows):
+                p, c = encoded[k]
+                positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
+                out[k] = float(logprobs[row, positions, torch.tensor(c, device=device)].sum())
+    finally:
+        model.train(was_training)
+    return out
+
+
 def sense_table(model, tokenizer, probes):
     """One row per probe: word, sense, prompt, continuation and log P(continuation | prompt)."""
     import pandas as pd
 
-    rows = []
-    for p in probes:
-        rows.append({"word": p["word"], "sense": p["sense"], "prompt": p["prompt"],
-                     "continuation": p["continuation"],
-                     "logprob": continuation_logprob(model, tokenizer, p["prompt"], p["continuation"])})
-    return pd.DataFrame(rows)
+    probes = list(probes)
+    logprobs = continuation_logprobs(model, tokenizer, [(p["prompt"], p["continuation"]) for p in probes])
+    return pd.DataFrame([{"word": p["word"], "sense": p["sense"], "prompt": p["prompt"],
+                          "continuation": p["continuation"], "logprob": lp} for p, lp in zip(probes, logprobs)])
 
 
 def probability_shift(before, after, targets: list[str]) -> dict:

@@ -1,10 +1,11 @@
-"""labkit.probes.probability_shift: the ratio and band notebook 02's 'function' claims are judged by."""
+"""labkit.probes: probability_shift (the ratio and band notebook 02's 'function' claims are judged by)
+and the batched continuation log-probabilities behind the sense probes (04, 07)."""
 import math
 
 import pandas as pd
 import pytest
 
-from labkit.probes import probability_shift
+from labkit.probes import continuation_logprobs, probability_shift, sense_table
 
 
 def table(probs: dict) -> pd.DataFrame:
@@ -38,3 +39,19 @@ def test_one_row_has_no_band_and_mismatched_tables_are_refused():
         probability_shift(before, before, [" {"])
     with pytest.raises(ValueError, match="same contexts"):
         probability_shift(before, table({("b", " of"): 0.1, ("b", " ("): 0.1}), [" of"])
+
+
+def test_batched_continuation_logprobs_equal_one_pair_at_a_time(toy):
+    """Pairs of different lengths share a padded batch; each must score as it does alone."""
+    from labkit.predictions import continuation_logprob
+
+    model, tok = toy
+    pairs = [("The function", " of the heart"), ("A function returns", " a value"), ("x", " y z w v"),
+             ("The discharge summary said the patient", " went home"), ("function", " (")]
+    alone = [continuation_logprob(model, tok, p, c) for p, c in pairs]
+    assert continuation_logprobs(model, tok, pairs, batch_size=3) == pytest.approx(alone, abs=1e-4)
+    table = sense_table(model, tok, [{"word": "function", "sense": s, "prompt": p, "continuation": c}
+                                     for s, (p, c) in zip("abcde", pairs)])
+    assert list(table["sense"]) == list("abcde") and table["logprob"].tolist() == pytest.approx(alone, abs=1e-4)
+    with pytest.raises(ValueError, match="pair 1"):
+        continuation_logprobs(model, tok, [("a", " b"), ("a", "")])
