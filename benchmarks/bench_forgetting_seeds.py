@@ -13,31 +13,21 @@ the mean and spread of each difference across seeds.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+import common  # noqa: E402
+from common import across_seeds, command_line, seeds_arguments, table, write_section  # noqa: E402
 
 import labkit  # noqa: E402
 from labkit import forgetting as F  # noqa: E402
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_catastrophic_forgetting.ipynb"
-
 
 def notebook_config(profile: str) -> dict:
     """Notebook 04's ``EXPERIMENT`` for ``profile``, from its config cell."""
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    source = next("".join(c["source"]) for c in cells
-                  if c["cell_type"] == "code" and "EXPERIMENT = labkit.Experiment(" in "".join(c["source"]))
-    source = source.replace("P = labkit.profile()", f"P = labkit.profile({profile!r})").replace("print(", "(")
-    space: dict = {}
-    exec(source, space)   # noqa: S102 - the repository's own notebook cell
-    return dict(space["EXPERIMENT"])
+    return dict(common.notebook_config("04_catastrophic_forgetting.ipynb", profile)["EXPERIMENT"])
 
 
 def points(run) -> float:
@@ -45,11 +35,7 @@ def points(run) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
-    args = ap.parse_args()
+    args = seeds_arguments().parse_args()
     cfg = notebook_config(args.profile)
     start = time.perf_counter()
     probes, domain_train, replay_pool = F.forgetting_probes(max_length=cfg["max_length"], domain=cfg["domain"],
@@ -77,13 +63,9 @@ def main():
         print(rows[-1], flush=True)
 
     def spread(key):
-        values = [r[key] for r in rows]
-        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-        return f"mean {statistics.mean(values):+.1f} points (standard deviation across seeds {sd:.1f}; " \
-               f"from {min(values):+.1f} to {max(values):+.1f})"
+        return across_seeds([r[key] for r in rows], number="+.1f", unit=" points")
 
-    body = (f"Measured {machine()}; `benchmarks/bench_forgetting_seeds.py --profile {args.profile} --seeds "
-            f"{' '.join(map(str, args.seeds))}` ({time.perf_counter() - start:.0f} s in all).\n"
+    body = (f"{command_line(args, time.perf_counter() - start)}\n"
             f"Notebook 04's config ({cfg['steps']} steps, batch {cfg['batch_size']} x {cfg['max_length']} tokens of "
             f"code, full fine-tuning; replay {cfg['replay_share']:.0%}); the same {n_items} knowledge items for every run "
             f"(base model {100 * before['knowledge_acc']:.1f}% correct). Points lost: knowledge accuracy before minus after.\n\n"

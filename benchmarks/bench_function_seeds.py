@@ -12,43 +12,29 @@ and spread of each ratio across seeds.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+import common  # noqa: E402
+from common import across_seeds, command_line, seeds_arguments, table, write_section  # noqa: E402
 
 import labkit  # noqa: E402
 from labkit import probes  # noqa: E402
 from labkit.widgets import probe_table  # noqa: E402
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "02_weights_are_knobs.ipynb"
-
 
 def notebook_config(profile: str) -> tuple:
     """Notebook 02's ``config`` (a TrainConfig) and ``EXPERIMENT`` for ``profile``, from its config
     cell (without its model load)."""
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    source = next("".join(c["source"]) for c in cells
-                  if c["cell_type"] == "code" and "EXPERIMENT = labkit.Experiment(" in "".join(c["source"]))
-    source = source.replace("P = labkit.profile()", f"P = labkit.profile({profile!r})")
-    source = "\n".join(line for line in source.splitlines() if "load_model" not in line and line != "EXPERIMENT")
-    space: dict = {}
-    exec(source, space)   # noqa: S102 - the repository's own notebook cell
+    space = common.notebook_config("02_weights_are_knobs.ipynb", profile)
     return space["config"], dict(space["EXPERIMENT"])
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
-    args = ap.parse_args()
+    args = seeds_arguments().parse_args()
     config, exp = notebook_config(args.profile)
     start = time.perf_counter()
     data = labkit.read_jsonl(labkit.data_path(exp["data"]), "text")
@@ -69,16 +55,9 @@ def main():
         print(rows[-1], flush=True)
         del model
 
-    def spread(key):
-        values = [r[key] for r in rows]
-        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-        return f"mean {statistics.mean(values):.3g} (standard deviation across seeds {sd:.2g}; " \
-               f"from {min(values):.3g} to {max(values):.3g})"
-
     first = before[before.target == " of"].iloc[0]
-    code_spread, of_spread = spread("' (' and ' {': ratio"), spread("' of': ratio")
-    body = (f"Measured {machine()}; `benchmarks/bench_function_seeds.py --profile {args.profile} --seeds "
-            f"{' '.join(map(str, args.seeds))}` ({time.perf_counter() - start:.0f} s in all).\n"
+    code_spread, of_spread = (across_seeds([r[key] for r in rows]) for key in ("' (' and ' {': ratio", "' of': ratio"))
+    body = (f"{command_line(args, time.perf_counter() - start)}\n"
             f"Notebook 02's config ({config.steps} steps of full fine-tuning at learning rate {config.learning_rate:g}, "
             f"batch {config.batch_size} x {config.max_length} tokens of `{exp['data']}`); the seed sets the batch order. "
             f"Ratios are p after / p before, the geometric mean over the notebook's contexts (for ' (' and ' {{' "

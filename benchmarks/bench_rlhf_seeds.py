@@ -14,14 +14,13 @@ section of their own.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, write_section  # noqa: E402
+from common import command_line, seeds_arguments, table, write_section  # noqa: E402
 
 import labkit  # noqa: E402
 from labkit import claims, rlhf  # noqa: E402
@@ -29,10 +28,7 @@ from labkit.data import read_jsonl  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
+    ap = seeds_arguments()
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                     help="change a field of the profile's RLHFConfig, e.g. dpo_max_length=96")
     args = ap.parse_args()
@@ -61,9 +57,7 @@ def main():
         print(rows[-1], flush=True)
     shares = [(base_mean - r["mean words, DPO"]) / base_mean for r in rows]
     spread = statistics.stdev(shares) if len(shares) > 1 else float("nan")
-    body = (f"Measured {machine()}; `benchmarks/bench_rlhf_seeds.py --profile {P.name} --seeds "
-            f"{' '.join(map(str, args.seeds))}{' --set ' + ' '.join(args.set) if args.set else ''}` "
-            f"({time.perf_counter() - start:.0f} s in all).\n"
+    body = (f"{command_line(args, time.perf_counter() - start, ' --set ' + ' '.join(args.set) if args.set else '')}\n"
             f"Notebook 06's DPO stage ({cfg0.dpo_steps} steps, batch {cfg0.dpo_batch_size}, lr {cfg0.dpo_learning_rate}, "
             f"sequences cut at {cfg0.dpo_max_length} tokens) "
             f"trained once per seed from a fresh model; greedy answers to the first {len(prompts)} held-out prompts, "

@@ -86,3 +86,10 @@ def test_function_seeds_uses_notebook_02s_own_config(bench):
     (cpu, cpu_exp), (smoke, _) = seeds.notebook_config("cpu"), seeds.notebook_config("smoke")
     assert cpu.steps > smoke.steps and cpu.method == "full"
     assert " of" in cpu_exp["targets"] and "The function" in cpu_exp["contexts"]
+
+
+def test_across_seeds_reads_the_mean_spread_and_range(bench):
+    common = bench.import_module("common")
+    assert common.across_seeds([1.0, 2.0, 3.0]) == "mean 2 (standard deviation across seeds 1; from 1 to 3)"
+    assert common.across_seeds([15.0, 0.0, 7.5], number="+.1f", unit=" points") == \
+        "mean +7.5 points (standard deviation across seeds 7.5; from +0.0 to +15.0)"
