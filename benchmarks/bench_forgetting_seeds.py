@@ -35,7 +35,7 @@ def points(run) -> float:
 
 
 def main():
-    args = seeds_arguments().parse_args()
+    args = seeds_arguments(__doc__).parse_args()
     cfg = notebook_config(args.profile)
     start = time.perf_counter()
     probes, domain_train, replay_pool = F.forgetting_probes(max_length=cfg["max_length"], domain=cfg["domain"],

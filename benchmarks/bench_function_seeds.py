@@ -34,7 +34,7 @@ def notebook_config(profile: str) -> tuple:
 
 
 def main():
-    args = seeds_arguments().parse_args()
+    args = seeds_arguments(__doc__).parse_args()
     config, exp = notebook_config(args.profile)
     start = time.perf_counter()
     data = labkit.read_jsonl(labkit.data_path(exp["data"]), "text")

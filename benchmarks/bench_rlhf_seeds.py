@@ -28,7 +28,7 @@ from labkit.data import read_jsonl  # noqa: E402
 
 
 def main():
-    ap = seeds_arguments()
+    ap = seeds_arguments(__doc__)
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                     help="change a field of the profile's RLHFConfig, e.g. dpo_max_length=96")
     args = ap.parse_args()

@@ -52,8 +52,9 @@ def table(rows: list[dict]) -> str:
 # --- benchmarks that repeat a notebook's experiment with several seeds --------------------------
 
 def seeds_arguments(description: str | None = None) -> argparse.ArgumentParser:
-    """The options every seed benchmark takes: ``--profile``, ``--seeds``, ``--no-write``."""
-    ap = argparse.ArgumentParser(description=description)
+    """The options every seed benchmark takes: ``--profile``, ``--seeds``, ``--no-write``;
+    ``description`` (the benchmark's docstring) is what ``--help`` prints above them."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")

@@ -93,3 +93,14 @@ def test_across_seeds_reads_the_mean_spread_and_range(bench):
     assert common.across_seeds([1.0, 2.0, 3.0]) == "mean 2 (standard deviation across seeds 1; from 1 to 3)"
     assert common.across_seeds([15.0, 0.0, 7.5], number="+.1f", unit=" points") == \
         "mean +7.5 points (standard deviation across seeds 7.5; from +0.0 to +15.0)"
+
+
+@pytest.mark.parametrize("script", ["bench_forgetting_seeds", "bench_function_seeds", "bench_rlhf_seeds"])
+def test_seed_benchmarks_help_prints_their_docstring(bench, script, monkeypatch, capsys):
+    """``--help`` says what the benchmark measures (its docstring), above the shared options."""
+    module = bench.import_module(script)
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit):
+        module.main()
+    text = capsys.readouterr().out
+    assert module.__doc__.strip().splitlines()[0] in text and "--seeds" in text
