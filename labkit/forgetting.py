@@ -22,7 +22,7 @@ import numpy as np
 from .data import read_jsonl
 from .plots import COLORS
 from .predictions import perplexity
-from .probes import cloze_accuracy, sense_table
+from .probes import cloze_answers, sense_table
 from .plots import LabFigure, Panel, lab_layout
 
 
@@ -74,13 +74,16 @@ def forgetting_probes(n_domain_eval: int = 16, n_knowledge: int = 40, n_general_
 
 def measure(model, tokenizer, probes: ForgettingProbes, batch_size: int = 8) -> dict:
     """Score the model on every probe: in-domain loss (nats/token) and perplexity, knowledge
-    accuracy (0-1), general-text perplexity, and the sense probes' log-probabilities."""
+    accuracy (0-1) and what it writes for each item (:func:`labkit.probes.cloze_answers`),
+    general-text perplexity, and the sense probes' log-probabilities."""
     was_training = model.training
     model.eval()
     domain_ppl = perplexity(model, tokenizer, probes.domain_eval, probes.max_length, batch_size)
+    answers = cloze_answers(model, tokenizer, probes.knowledge)
     result = {
         "domain_loss": math.log(domain_ppl), "domain_ppl": domain_ppl,
-        "knowledge_acc": cloze_accuracy(model, tokenizer, probes.knowledge),
+        "knowledge_acc": sum(a["correct"] for a in answers) / len(answers),
+        "knowledge_answers": answers,
         "general_ppl": perplexity(model, tokenizer, probes.general_eval, probes.max_length, batch_size),
         "senses": sense_table(model, tokenizer, probes.senses).to_dict("records"),
     }
@@ -244,6 +247,24 @@ def knowledge_sentence(name: str, run: dict, reference: dict, n_items: int) -> s
             "within noise": "no difference this probe can see"}[v["verdict"]]
     return (f"{name}: knowledge lost {100 * run['knowledge_drop']:.0f} points vs {100 * reference['knowledge_drop']:.0f} "
             f"→ {said} (difference {100 * v['difference']:+.0f} points; noise ±{100 * v['noise']:.0f} on {n_items} items)")
+
+
+def lost_facts(probes: ForgettingProbes, before: dict, runs: dict):
+    """The knowledge items the base model got right and at least one run in ``runs`` (name ->
+    measured row) got wrong: the prompt, the answer, and what each run writes instead (empty
+    where that run still writes the answer)."""
+    import pandas as pd
+
+    rows = []
+    for k, item in enumerate(probes.knowledge):
+        if not before["knowledge_answers"][k]["correct"]:
+            continue
+        written = {name: run["knowledge_answers"][k] for name, run in runs.items()}
+        if all(w["correct"] for w in written.values()):
+            continue
+        rows.append({"prompt": item["prompt"], "answer": item["answer"],
+                     **{name: "" if w["correct"] else w["writes"] for name, w in written.items()}})
+    return pd.DataFrame(rows, columns=["prompt", "answer", *runs])
 
 
 # --- the word-sense probe --------------------------------------------------------------------

@@ -39,12 +39,15 @@ def _by_length(lengths: list[int], batch_size: int):
 
 
 @torch.no_grad()
-def cloze_results(model, tokenizer, items, batch_size: int = 16) -> list[bool]:
-    """For each cloze item, whether greedy decoding would write exactly its answer."""
+def cloze_answers(model, tokenizer, items, batch_size: int = 16) -> list[dict]:
+    """For each cloze item, what greedy decoding writes after its prompt and whether that is the
+    answer: ``{"correct": bool, "writes": str}``. ``writes`` is the answer when correct; otherwise
+    the answer's tokens up to the first one the model gets wrong, with its own token there (the
+    text greedy decoding writes up to where it leaves the answer)."""
     device = _device(model)
     encoded = [(tokenizer(it["prompt"], add_special_tokens=False)["input_ids"],
                 tokenizer(it["answer"], add_special_tokens=False)["input_ids"]) for it in items]
-    out = [False] * len(encoded)
+    out = [None] * len(encoded)
     was_training = model.training
     model.eval()
     try:
@@ -53,10 +56,18 @@ def cloze_results(model, tokenizer, items, batch_size: int = 16) -> list[bool]:
             best = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
             for row, k in enumerate(rows):
                 p, a = encoded[k]
-                out[k] = best[row, len(p) - 1:len(p) + len(a) - 1].tolist() == a
+                written = best[row, len(p) - 1:len(p) + len(a) - 1].tolist()
+                wrong = next((j for j, (w, t) in enumerate(zip(written, a)) if w != t), None)
+                out[k] = {"correct": wrong is None,
+                          "writes": tokenizer.decode(a if wrong is None else written[:wrong + 1])}
     finally:
         model.train(was_training)
     return out
+
+
+def cloze_results(model, tokenizer, items, batch_size: int = 16) -> list[bool]:
+    """For each cloze item, whether greedy decoding would write exactly its answer."""
+    return [a["correct"] for a in cloze_answers(model, tokenizer, items, batch_size)]
 
 
 def cloze_accuracy(model, tokenizer, items) -> float:

@@ -9,7 +9,7 @@ import torch.nn.functional as F_
 
 from labkit import forgetting as F
 from labkit.predictions import perplexity
-from labkit.probes import cloze_accuracy, cloze_correct, cloze_results
+from labkit.probes import cloze_accuracy, cloze_answers, cloze_correct, cloze_results
 
 
 def test_perplexity_by_hand(toy):
@@ -51,6 +51,28 @@ def test_cloze_scoring_by_hand(toy):
     items += [{"prompt": "Water", "answer": " boils."}, {"prompt": "A much longer prompt about a city in Europe:", "answer": " Rome"}]
     alone = [cloze_results(model, tok, [it])[0] for it in items]
     assert cloze_results(model, tok, items, batch_size=4) == alone and alone[:3] == [True, False, False]
+    # what greedy decoding writes: the answer; " Paris." where " Paris!" was asked (wrong at its last
+    # token); where " London." was asked, " Paris." up to the first token that differs from London's
+    london = tok(" London.", add_special_tokens=False)["input_ids"]
+    first_wrong = next(j for j, (a, b) in enumerate(zip(a_ids, london)) if a != b)
+    writes = [a["writes"] for a in cloze_answers(model, tok, items[:3])]
+    assert writes == [answer, answer, tok.decode(a_ids[:first_wrong + 1])]
+
+
+def test_lost_facts_lists_what_each_run_writes_instead():
+    probes = F.ForgettingProbes(domain_eval=[], knowledge=[{"prompt": f"q{i}", "answer": f" a{i}"} for i in range(4)],
+                                general_eval=[], senses=[], max_length=8)
+
+    def run(*wrong, base_wrong=()):
+        return {"knowledge_answers": [{"correct": i not in wrong and i not in base_wrong,
+                                       "writes": f" x{i}" if i in wrong or i in base_wrong else f" a{i}"}
+                                      for i in range(4)]}
+
+    before = run(base_wrong=(3,))
+    table = F.lost_facts(probes, before, {"hard": run(1, 3), "replay": run(1, 2)})
+    assert list(table.columns) == ["prompt", "answer", "hard", "replay"]
+    assert table.to_dict("records") == [{"prompt": "q1", "answer": " a1", "hard": " x1", "replay": " x1"},
+                                        {"prompt": "q2", "answer": " a2", "hard": "", "replay": " x2"}]
 
 
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 0.75])
