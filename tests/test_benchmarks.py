@@ -95,7 +95,7 @@ def test_across_seeds_reads_the_mean_spread_and_range(bench):
         "mean +7.5 points (standard deviation across seeds 7.5; from +0.0 to +15.0)"
 
 
-@pytest.mark.parametrize("script", ["bench_forgetting_seeds", "bench_function_seeds", "bench_rlhf_seeds"])
+@pytest.mark.parametrize("script", ["bench_forgetting_seeds", "bench_function_seeds", "bench_grpo_seeds", "bench_rlhf_seeds"])
 def test_seed_benchmarks_help_prints_their_docstring(bench, script, monkeypatch, capsys):
     """``--help`` says what the benchmark measures (its docstring), above the shared options."""
     module = bench.import_module(script)
