@@ -79,6 +79,8 @@ def measure(model, tokenizer, probes: ForgettingProbes, batch_size: int = 8) -> 
     was_training = model.training
     model.eval()
     domain_ppl = perplexity(model, tokenizer, probes.domain_eval, probes.max_length, batch_size)
+    if not probes.knowledge:
+        raise ValueError("probes.knowledge is empty: measuring forgetting needs at least one knowledge item")
     answers = cloze_answers(model, tokenizer, probes.knowledge)
     result = {
         "domain_loss": math.log(domain_ppl), "domain_ppl": domain_ppl,

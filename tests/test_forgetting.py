@@ -130,6 +130,9 @@ def test_measure_compare_and_sense_shift(toy):
     assert set(table["context"]) == {"neutral prompt", "sense-specific prompt"}
     assert all(table["change"].round(6) == -1.0)
     assert F.neutral_winners(m).index.tolist() == ["The function"]
+    assert m["knowledge_acc"] == sum(a["correct"] for a in m["knowledge_answers"]) and len(m["knowledge_answers"]) == 1
+    with pytest.raises(ValueError, match="knowledge is empty"):
+        F.measure(model, tok, F.ForgettingProbes(**{**probes.to_dict(), "knowledge": []}))
 
 
 def test_matched_comparison_interpolates_the_full_ft_frontier():
