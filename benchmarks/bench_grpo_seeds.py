@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_rlhf_seeds import parse_setting  # noqa: E402
-from common import across_seeds, command_line, seeds_arguments, table, write_section  # noqa: E402
+from bench_rlhf_seeds import set_flag, settings_arguments, settings_suffix  # noqa: E402
+from common import across_seeds, command_line, table, write_section  # noqa: E402
 
 import labkit  # noqa: E402
 from labkit import claims, rlhf  # noqa: E402
@@ -31,11 +31,7 @@ from labkit.data import read_jsonl  # noqa: E402
 
 
 def main():
-    ap = seeds_arguments(__doc__)
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
-                    help="change a field of the profile's RLHFConfig, e.g. policy_steps=8")
-    args = ap.parse_args()
-    overrides = dict(parse_setting(s) for s in args.set)
+    args, overrides = settings_arguments(__doc__, "policy_steps=8")
     P = labkit.profile(args.profile)
     cfg0 = rlhf.RLHFConfig.for_profile(P, **overrides)
     pairs = read_jsonl("preferences.jsonl", "preference")
@@ -69,7 +65,7 @@ def main():
                      "GRPO train (s)": round(rl.wall_s, 1)})
         print(rows[-1], flush=True)
         del policy, rl
-    body = (f"{command_line(args, time.perf_counter() - start, ' --set ' + ' '.join(args.set) if args.set else '')}\n"
+    body = (f"{command_line(args, time.perf_counter() - start, set_flag(args))}\n"
             f"Notebook 06's reward model ({cfg0.reward_steps} steps, seed {cfg0.seed}) trained once; its GRPO stage "
             f"({cfg0.policy_steps} steps of {cfg0.prompts_per_step} prompts x {cfg0.num_generations} samples of up to "
             f"{cfg0.max_completion_length} tokens, lr {cfg0.policy_learning_rate:g}, KL weight {cfg0.kl_beta:g}) trained "
@@ -79,8 +75,7 @@ def main():
             f"Across seeds, GRPO's reward gain: {across_seeds([r['gain'] for r in rows], number='+.3f')}.")
     print(body)
     if not args.no_write:
-        changed = "".join(f", {k}={v}" for k, v in overrides.items())
-        write_section(f"GRPO across seeds ({P.name}{changed})", body)
+        write_section(f"GRPO across seeds ({P.name}{settings_suffix(overrides)})", body)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,7 @@ from labkit.data import read_jsonl  # noqa: E402
 
 
 def main():
-    ap = seeds_arguments(__doc__)
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
-                    help="change a field of the profile's RLHFConfig, e.g. dpo_max_length=96")
-    args = ap.parse_args()
-    overrides = dict(parse_setting(s) for s in args.set)
+    args, overrides = settings_arguments(__doc__, "dpo_max_length=96")
     P = labkit.profile(args.profile)
     pairs = read_jsonl("preferences.jsonl", "preference")
     train = [p for p in pairs if p["split"] == "train"]
@@ -57,7 +53,7 @@ def main():
         print(rows[-1], flush=True)
     shares = [(base_mean - r["mean words, DPO"]) / base_mean for r in rows]
     spread = statistics.stdev(shares) if len(shares) > 1 else float("nan")
-    body = (f"{command_line(args, time.perf_counter() - start, ' --set ' + ' '.join(args.set) if args.set else '')}\n"
+    body = (f"{command_line(args, time.perf_counter() - start, set_flag(args))}\n"
             f"Notebook 06's DPO stage ({cfg0.dpo_steps} steps, batch {cfg0.dpo_batch_size}, lr {cfg0.dpo_learning_rate}, "
             f"sequences cut at {cfg0.dpo_max_length} tokens) "
             f"trained once per seed from a fresh model; greedy answers to the first {len(prompts)} held-out prompts, "
@@ -66,8 +62,28 @@ def main():
             f"(standard deviation across seeds {spread:.0%}; smallest {min(shares):.0%}, largest {max(shares):.0%}).")
     print(body)
     if not args.no_write:
-        changed = "".join(f", {k}={v}" for k, v in overrides.items())
-        write_section(f"DPO shortening across seeds ({P.name}{changed})", body)
+        write_section(f"DPO shortening across seeds ({P.name}{settings_suffix(overrides)})", body)
+
+
+def settings_arguments(doc: str, example: str):
+    """The seed benchmarks' options plus ``--set NAME=VALUE`` (a candidate value for a field of the
+    profile's ``RLHFConfig``): the parsed ``args`` and the ``overrides`` they ask for, each checked
+    before any training."""
+    ap = seeds_arguments(doc)
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                    help=f"change a field of the profile's RLHFConfig, e.g. {example}")
+    args = ap.parse_args()
+    return args, dict(parse_setting(s) for s in args.set)
+
+
+def set_flag(args) -> str:
+    """The ``--set`` part of the command line, for the section's first line ('' when none)."""
+    return " --set " + " ".join(args.set) if args.set else ""
+
+
+def settings_suffix(overrides: dict) -> str:
+    """``", dpo_max_length=96"``: what a candidate setting adds to its section's name."""
+    return "".join(f", {k}={v}" for k, v in overrides.items())
 
 
 def parse_setting(text: str) -> tuple[str, object]:

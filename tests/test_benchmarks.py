@@ -104,3 +104,17 @@ def test_seed_benchmarks_help_prints_their_docstring(bench, script, monkeypatch,
         module.main()
     text = capsys.readouterr().out
     assert module.__doc__.strip().splitlines()[0] in text and "--seeds" in text
+
+
+def test_rlhf_seed_settings_name_their_section_and_command(bench, monkeypatch):
+    """A candidate setting (``--set``) is spelt out in the section's first line and its name, the way
+    "DPO shortening across seeds (cpu, dpo_max_length=96, dpo_steps=6)" reads."""
+    seeds = bench.import_module("bench_rlhf_seeds")
+    monkeypatch.setattr(sys, "argv", ["bench", "--seeds", "1", "--set", "dpo_max_length=96", "dpo_steps=6"])
+    args, overrides = seeds.settings_arguments("doc", "dpo_max_length=96")
+    assert overrides == {"dpo_max_length": 96, "dpo_steps": 6} and args.seeds == [1]
+    assert seeds.set_flag(args) == " --set dpo_max_length=96 dpo_steps=6"
+    assert seeds.settings_suffix(overrides) == ", dpo_max_length=96, dpo_steps=6"
+    monkeypatch.setattr(sys, "argv", ["bench"])
+    args, overrides = seeds.settings_arguments("doc", "dpo_max_length=96")
+    assert overrides == {} and seeds.set_flag(args) == "" and seeds.settings_suffix(overrides) == ""
