@@ -35,12 +35,13 @@ def main():
     P = labkit.profile(args.profile)
     cfg0 = rlhf.RLHFConfig.for_profile(P, **overrides)
     pairs = read_jsonl("preferences.jsonl", "preference")
-    train_prompts = [p["prompt"] for p in pairs if p["split"] == "train"]
+    train_pairs = [p for p in pairs if p["split"] == "train"]
+    train_prompts = [p["prompt"] for p in train_pairs]
     prompts = [p["prompt"] for p in pairs if p["split"] == "heldout"][:cfg0.eval_prompts]
     start = time.perf_counter()
     labkit.set_seed(cfg0.seed)
     rm, rm_tok = rlhf.load_reward_model(seed=cfg0.seed)
-    reward_model = rlhf.train_reward_model(rm, rm_tok, [p for p in pairs if p["split"] == "train"], cfg0, live=False).model
+    reward_model = rlhf.train_reward_model(rm, rm_tok, train_pairs, cfg0, live=False).model
 
     def score(model, tok):
         outs = rlhf.answers(model, tok, prompts, cfg0.eval_max_new_tokens)

@@ -76,11 +76,11 @@ def measure(model, tokenizer, probes: ForgettingProbes, batch_size: int = 8) -> 
     """Score the model on every probe: in-domain loss (nats/token) and perplexity, knowledge
     accuracy (0-1) and what it writes for each item (:func:`labkit.probes.cloze_answers`),
     general-text perplexity, and the sense probes' log-probabilities."""
+    if not probes.knowledge:
+        raise ValueError("probes.knowledge is empty: measuring forgetting needs at least one knowledge item")
     was_training = model.training
     model.eval()
     domain_ppl = perplexity(model, tokenizer, probes.domain_eval, probes.max_length, batch_size)
-    if not probes.knowledge:
-        raise ValueError("probes.knowledge is empty: measuring forgetting needs at least one knowledge item")
     answers = cloze_answers(model, tokenizer, probes.knowledge)
     result = {
         "domain_loss": math.log(domain_ppl), "domain_ppl": domain_ppl,
